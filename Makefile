@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` and `make test`.
+PY := .venv/bin/python
+
+.PHONY: setup demo test test-slow lint bench
+
+setup:
+	bash tools/setup.sh
+
+demo: setup
+	.venv/bin/hwcompress demo
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow -p no:cacheprovider
+
+lint: setup
+	.venv/bin/ruff check hwcompress profilers tools tests
+	.venv/bin/mypy hwcompress
+
+bench: setup
+	$(PY) tools/bench_profiler.py

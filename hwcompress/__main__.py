@@ -1,0 +1,3 @@
+from hwcompress.cli import main
+
+main()

@@ -1,0 +1,147 @@
+"""End-to-end jobs built from the library's parts (the CLI stays a thin layer over these)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hwcompress.errors import FileMissingError, ModelError
+from hwcompress.fsutil import atomic_write_text, sha256_file
+from hwcompress.paths import cache_dir
+from hwcompress.zoo import is_zoo_name
+
+if TYPE_CHECKING:
+    from hwcompress.records import Measurement
+
+log = logging.getLogger(__name__)
+
+
+def model_to_onnx(
+    model: str,
+    input_shape: tuple[int, int, int],
+    *,
+    num_classes: int = 10,
+    checkpoint: str | None = None,
+) -> Path:
+    """Resolve a model reference to an ONNX file (static batch 1).
+
+    ``model`` is an ``.onnx`` path (used as is), a built-in name (exported with fixed-seed
+    weights: latency does not depend on the weight values, and the file is reused) or a
+    ``package.module:factory`` spec (with an optional ``checkpoint``).
+    """
+    path = Path(model)
+    if model.endswith(".onnx"):
+        if not path.is_file():
+            raise FileMissingError(f"model file {model} does not exist")
+        return path
+    c, h, w = input_shape
+    if is_zoo_name(model):
+        dest = cache_dir() / "onnx" / f"{model}-{c}x{h}x{w}-{num_classes}.onnx"
+        if dest.is_file():
+            return dest
+        import torch
+
+        from hwcompress.export import export_onnx
+        from hwcompress.zoo import build_model
+
+        torch.manual_seed(0)
+        return export_onnx(build_model(model, in_channels=c, num_classes=num_classes), (1, c, h, w), dest)
+    if ":" in model:
+        from hwcompress.export import export_onnx
+        from hwcompress.zoo.user import load_user_model
+
+        key = model.replace("/", "_").replace(":", "-")
+        if checkpoint:
+            if not Path(checkpoint).is_file():
+                raise FileMissingError(f"checkpoint {checkpoint} does not exist")
+            key += "-" + sha256_file(checkpoint)[:12]
+        user = load_user_model(model, checkpoint, in_channels=c, num_classes=num_classes)
+        return export_onnx(user, (1, c, h, w), cache_dir() / "onnx" / f"{key}-{c}x{h}x{w}.onnx")
+    if path.exists():
+        raise ModelError(
+            f"{model} is not a model hwcompress reads; give an .onnx file, a built-in model name "
+            "or package.module:factory with --checkpoint"
+        )
+    raise FileMissingError(
+        f"{model} is neither a file nor a built-in model (vgg-small, resnet-20, mobilenetv2-small) "
+        "nor a package.module:factory spec"
+    )
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    model: str
+    target: str
+    data_source: str
+    test_accuracy: float
+    onnx_test_accuracy: float
+    from_cache: bool
+    train_seconds: float
+    macs: int
+    params: int
+    measurement: Measurement
+    onnx_path: Path
+    figures_path: Path
+
+
+def run_demo(
+    *,
+    model: str = "vgg-small",
+    data: str | None = None,
+    target: str = "x86-cpu",
+    out_dir: Path = Path("out/demo"),
+    cache_path: Path | None = None,
+    seed: int = 0,
+) -> DemoResult:
+    """Baseline (trained once and cached) -> ONNX -> measured on ``target``; figures to ``out_dir``."""
+    from hwcompress.data import load_splits
+    from hwcompress.evaluate import onnx_accuracy
+    from hwcompress.export import export_onnx
+    from hwcompress.macs import count_macs
+    from hwcompress.profiling.cache import MeasurementCache
+    from hwcompress.profiling.measure import measure
+    from hwcompress.targets import load_target
+    from hwcompress.zoo.train import ensure_baseline
+
+    tgt = load_target(target)  # fail fast on a bad target, before any training
+    splits = load_splits(data, seed=seed)
+    base = ensure_baseline(model, splits)
+    shape = (1, *splits.input_shape)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(base.model, shape, out_dir / f"{model}.onnx")
+    macs, params = count_macs(base.model, shape)
+    log.info("measuring %s on %s", onnx_path, tgt.name)
+    m = measure(onnx_path, tgt, cache=MeasurementCache(cache_path))
+    onnx_acc = onnx_accuracy(onnx_path, splits.test, threads=tgt.threads)
+    figures = {
+        "model": model,
+        "target": tgt.name,
+        "data": splits.source,
+        "test_accuracy": base.test_accuracy,
+        "onnx_test_accuracy": onnx_acc,
+        "train_seconds": base.train_seconds,
+        "macs": macs,
+        "params": params,
+        "onnx": str(onnx_path),
+        "onnx_sha256": sha256_file(onnx_path),
+        "measurement": m.to_dict(),
+    }
+    figures_path = out_dir / f"{model}.json"
+    atomic_write_text(figures_path, json.dumps(figures, indent=2))
+    return DemoResult(
+        model=model,
+        target=tgt.name,
+        data_source=splits.source,
+        test_accuracy=base.test_accuracy,
+        onnx_test_accuracy=onnx_acc,
+        from_cache=base.from_cache,
+        train_seconds=base.train_seconds,
+        macs=macs,
+        params=params,
+        measurement=m,
+        onnx_path=onnx_path,
+        figures_path=figures_path,
+    )

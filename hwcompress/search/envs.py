@@ -1,0 +1,266 @@
+"""Gymnasium environments: one step per prunable group (stage 1) or quantizable layer (stage 2).
+
+The environments know nothing of torch or runtimes: the last step of an episode hands the
+finished :class:`~hwcompress.records.CompressionPolicy` to an ``evaluate`` callback (which
+builds, exports, measures and scores the candidate) and returns its reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from hwcompress.records import CompressionPolicy
+from hwcompress.search.latency_model import LatencyModel
+
+KIND_CODES = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
+OBS_FEATURES = (
+    "index",
+    "kind",
+    "in_channels",
+    "out_channels",
+    "kernel",
+    "stride",
+    "macs",
+    "params",
+    "latency_share",
+    "reduced_so_far",
+    "rest",
+    "previous_action",
+)
+
+
+@dataclass(frozen=True)
+class StepLayer:
+    """What the agent sees of one step's layer (a prunable group's leading layer, or a quantizable layer)."""
+
+    name: str
+    kind: str  # conv | depthwise | linear
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    macs: int
+    params: int
+    latency_share: float  # fraction of the baseline's measured latency in this layer/group
+    channels: int = 0  # prunable channels (stage 1)
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """What ``evaluate`` returns for a finished policy."""
+
+    reward: float
+    info: dict[str, Any]
+
+
+def _embedding(layers: list[StepLayer]) -> np.ndarray:
+    """(N, 9) static part of the observation, each column scaled to [0, 1] by its maximum."""
+    rows = np.array(
+        [
+            [
+                i,
+                KIND_CODES.get(la.kind, 0.0),
+                la.in_channels,
+                la.out_channels,
+                la.kernel,
+                la.stride,
+                la.macs,
+                la.params,
+                la.latency_share,
+            ]
+            for i, la in enumerate(layers)
+        ],
+        dtype=np.float64,
+    )
+    top = rows.max(axis=0)
+    top[top == 0] = 1.0
+    top[1] = 1.0  # kind codes are already in [0, 1]
+    top[8] = 1.0  # latency share is a fraction already
+    return (rows / top).astype(np.float32)
+
+
+class _LayerwiseEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Shared mechanics: a fixed sequence of layers, one continuous action each."""
+
+    metadata = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self, layers: list[StepLayer], evaluate: Callable[[CompressionPolicy], EpisodeOutcome]) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("an environment needs at least one layer")
+        self.layers = layers
+        self.evaluate = evaluate
+        self._static = _embedding(layers)
+        self._shares = np.array([la.latency_share for la in layers], dtype=np.float64)
+        total = self._shares.sum()
+        self._shares = self._shares / total if total > 0 else np.full(len(layers), 1.0 / len(layers))
+        self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(len(OBS_FEATURES),), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.t = 0
+        self.prev_action = 1.0
+        self.reduced = 0.0
+        self.last_outcome: EpisodeOutcome | None = None
+
+    def _obs(self) -> np.ndarray:
+        t = min(self.t, len(self.layers) - 1)
+        rest = float(self._shares[t + 1 :].sum())
+        dyn = np.array([np.clip(self.reduced, 0, 1), rest, np.clip(self.prev_action, 0, 1)], dtype=np.float32)
+        return np.concatenate([self._static[t], dyn]).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.t = 0
+        self.prev_action = 1.0
+        self.reduced = 0.0
+        self._begin_episode()
+        return self._obs(), {}
+
+    def _begin_episode(self) -> None:
+        raise NotImplementedError
+
+    def _apply(self, a: float) -> tuple[float, float]:
+        """Record layer ``t``'s choice; returns (effective action in [-1, 1], fraction of the layer's share removed)."""
+        raise NotImplementedError
+
+    def _policy(self) -> CompressionPolicy:
+        raise NotImplementedError
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+        effective, removed = self._apply(a)
+        self.reduced += removed * self._shares[self.t]
+        self.prev_action = (effective + 1.0) / 2.0
+        info: dict[str, Any] = {"effective_action": effective}
+        self.t += 1
+        if self.t < len(self.layers):
+            return self._obs(), 0.0, False, False, info
+        outcome = self.evaluate(self._policy())
+        self.last_outcome = outcome
+        info.update(outcome.info)
+        return self._obs(), float(outcome.reward), True, False, info
+
+
+class PruneEnv(_LayerwiseEnv):
+    """Stage 1: action -> keep ratio in [lower_bound, 1], rounded to the channel multiple.
+
+    With a latency model and a budget, an action wall (AMC) caps each keep ratio so that the
+    predicted latency, with every later group at the lower bound, stays within the budget.
+    """
+
+    def __init__(
+        self,
+        layers: list[StepLayer],
+        evaluate: Callable[[CompressionPolicy], EpisodeOutcome],
+        *,
+        lower_bound: float = 0.2,
+        channel_multiple: int = 1,
+        latency_model: LatencyModel | None = None,
+        budget_ms: float | None = None,
+        max_keep: float = 1.0,
+    ) -> None:
+        super().__init__(layers, evaluate)
+        if not 0.0 < lower_bound <= max_keep <= 1.0:
+            raise ValueError("need 0 < lower_bound <= max_keep <= 1")
+        self.lower_bound = lower_bound
+        self.max_keep = max_keep
+        self.multiple = max(1, channel_multiple)
+        self.latency_model = latency_model
+        self.budget_ms = budget_ms
+        self.keep = np.ones(len(layers))
+
+    def _choices(self, i: int) -> np.ndarray:
+        """Achievable keep ratios of group ``i`` (kept channel counts on the multiple), ascending."""
+        c = max(self.layers[i].channels, 1)
+        m = min(self.multiple, c)
+        counts = np.arange(m, c + 1, m)
+        if counts[-1] != c:
+            counts = np.append(counts, c)
+        ratios = counts / c
+        lo = max(self.lower_bound - 1e-9, ratios[0])
+        ok = ratios[(ratios >= min(lo, ratios[-1])) & (ratios <= self.max_keep + 1e-9)]
+        if ok.size == 0:
+            ok = ratios[:1]
+        return np.asarray(ok, dtype=np.float64)
+
+    def _round(self, i: int, ratio: float) -> float:
+        choices = self._choices(i)
+        return float(choices[np.argmin(np.abs(choices - ratio))])
+
+    def _begin_episode(self) -> None:
+        self.keep = np.ones(len(self.layers))
+        self.walled = 0
+
+    def wall(self, i: int) -> float:
+        """Largest keep ratio for group ``i`` whose predicted latency (later groups at the minimum) fits the budget."""
+        if self.latency_model is None or self.budget_ms is None:
+            return 1.0
+        trial = self.keep.copy()
+        for j in range(i + 1, len(self.layers)):
+            trial[j] = self._choices(j)[0]
+        best = self._choices(i)[0]
+        for r in self._choices(i):
+            trial[i] = r
+            if self.latency_model.predict(trial) <= self.budget_ms:
+                best = float(r)
+        return best
+
+    def _apply(self, a: float) -> tuple[float, float]:
+        i = self.t
+        ratio = self.lower_bound + (a + 1.0) / 2.0 * (self.max_keep - self.lower_bound)
+        cap = self.wall(i)
+        if ratio > cap:
+            ratio = cap
+            self.walled += 1
+        ratio = self._round(i, ratio)
+        if ratio > cap + 1e-9:  # rounding went over the wall: take the next lower choice
+            below = self._choices(i)[self._choices(i) <= cap + 1e-9]
+            ratio = float(below[-1]) if below.size else float(self._choices(i)[0])
+        self.keep[i] = ratio
+        span = self.max_keep - self.lower_bound
+        effective = 2.0 * (ratio - self.lower_bound) / span - 1.0 if span > 0 else 1.0
+        return float(np.clip(effective, -1.0, 1.0)), 1.0 - ratio
+
+    def _policy(self) -> CompressionPolicy:
+        return CompressionPolicy(keep={la.name: float(k) for la, k in zip(self.layers, self.keep, strict=True) if k < 1.0})
+
+
+class QuantEnv(_LayerwiseEnv):
+    """Stage 2: action -> one of the target's precisions (ordered from most to least precise)."""
+
+    def __init__(
+        self,
+        layers: list[StepLayer],
+        evaluate: Callable[[CompressionPolicy], EpisodeOutcome],
+        *,
+        precisions: tuple[str, ...],
+        base_keep: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__(layers, evaluate)
+        order = ["fp32", "fp16", "int8", "int4"]
+        self.precisions = tuple(p for p in order if p in precisions)
+        if not self.precisions:
+            raise ValueError("no precisions to choose from")
+        self.base_keep = dict(base_keep or {})
+        self.choice: list[str] = []
+
+    def _begin_episode(self) -> None:
+        self.choice = []
+
+    def _apply(self, a: float) -> tuple[float, float]:
+        k = len(self.precisions)
+        idx = min(int((a + 1.0) / 2.0 * k), k - 1)
+        self.choice.append(self.precisions[idx])
+        bits = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}[self.precisions[idx]]
+        effective = (idx + 0.5) / k * 2.0 - 1.0
+        return effective, 1.0 - bits / 32.0
+
+    def _policy(self) -> CompressionPolicy:
+        return CompressionPolicy(
+            keep=self.base_keep,
+            precision={la.name: p for la, p in zip(self.layers, self.choice, strict=True)},
+        )

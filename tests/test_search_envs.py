@@ -1,0 +1,135 @@
+"""Environment conformance (stable-baselines3 check_env), action mapping, action wall, budgets, rewards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hwcompress.errors import UsageError
+from hwcompress.records import CompressionPolicy
+from hwcompress.search.budget import parse_budget
+from hwcompress.search.envs import EpisodeOutcome, PruneEnv, QuantEnv, StepLayer
+from hwcompress.search.latency_model import LatencyModel, LayerCostModel, estimate_exponents
+from hwcompress.search.reward import Costs, accuracy_within_budget, within_budget
+
+
+def _layers(n: int = 4) -> list[StepLayer]:
+    return [
+        StepLayer(name=f"conv{i}", kind="conv", in_channels=16 * i or 1, out_channels=16 * (i + 1), kernel=3, stride=1,
+                  macs=1000 * (i + 1), params=100 * (i + 1), latency_share=0.25, channels=16 * (i + 1))
+        for i in range(n)
+    ]
+
+
+def _chain_cost(layers: list[StepLayer]) -> LayerCostModel:
+    # A chain: conv i's output is pruned by group i, its input by group i-1.
+    n = len(layers)
+    exps = np.zeros((n, n))
+    for i in range(n):
+        exps[i, i] = 1.0
+        if i > 0:
+            exps[i, i - 1] = 1.0
+    return LayerCostModel([la.name for la in layers], np.array([la.macs for la in layers], float), exps,
+                          np.array([1.0, 2.0, 3.0, 4.0]))
+
+
+def test_check_env_prune_and_quant() -> None:
+    from stable_baselines3.common.env_checker import check_env
+
+    seen: list[CompressionPolicy] = []
+
+    def evaluate(policy: CompressionPolicy) -> EpisodeOutcome:
+        seen.append(policy)
+        return EpisodeOutcome(reward=0.5, info={"accuracy": 0.5})
+
+    check_env(PruneEnv(_layers(), evaluate, channel_multiple=8), warn=True)
+    check_env(QuantEnv(_layers(), evaluate, precisions=("fp32", "int8", "int4")), warn=True)
+    assert seen
+
+
+def test_prune_action_mapping_and_rounding() -> None:
+    env = PruneEnv(_layers(), lambda p: EpisodeOutcome(1.0, {"policy": p}), lower_bound=0.25, channel_multiple=8)
+    env.reset(seed=0)
+    rewards = []
+    for a in (-1.0, 1.0, 0.0, -1.0):
+        _, r, done, _, info = env.step(np.array([a], dtype=np.float32))
+        rewards.append(r)
+    assert done and rewards[:-1] == [0.0, 0.0, 0.0]
+    keep = info["policy"].keep
+    # conv0: 16 channels, lower bound 0.25 -> smallest multiple of 8 (8/16 = 0.5)
+    assert keep["conv0"] == 0.5
+    assert "conv1" not in keep  # a = 1 keeps everything
+    # conv2: 48 channels, a = 0 -> 0.625 -> nearest multiple of 8 is 32/48
+    assert keep["conv2"] == pytest.approx(32 / 48)
+    for name, ratio in keep.items():
+        channels = {la.name: la.channels for la in _layers()}[name]
+        assert round(ratio * channels) % 8 == 0
+
+
+def test_action_wall_keeps_prediction_within_budget() -> None:
+    layers = _layers()
+    model = LatencyModel(_chain_cost(layers), baseline_ms=12.0)
+    budget = 0.5 * 12.0
+    env = PruneEnv(layers, lambda p: EpisodeOutcome(0.0, {}), lower_bound=0.2, channel_multiple=4,
+                   latency_model=model, budget_ms=budget)
+    for _ in range(3):
+        env.reset()
+        for _ in layers:
+            env.step(np.array([1.0], dtype=np.float32))  # the agent asks to keep everything
+        assert model.predict(env.keep) <= budget + 1e-9
+        assert env.walled > 0
+
+
+def test_latency_model_fits_measurements() -> None:
+    layers = _layers()
+    cost = _chain_cost(layers)
+    model = LatencyModel(cost, baseline_ms=12.0)
+    rng = np.random.default_rng(0)
+    true = lambda k: 1.5 + 0.8 * cost.feature(k)  # noqa: E731
+    for _ in range(20):
+        k = rng.uniform(0.2, 1.0, size=4)
+        model.observe(k, true(k))
+    k = rng.uniform(0.2, 1.0, size=4)
+    assert abs(model.predict(k) - true(k)) / true(k) < 0.05
+    hit, n = model.within(0.10)
+    assert n == 20 and hit >= 10
+
+
+def test_estimate_exponents() -> None:
+    base = np.array([100.0, 200.0, 50.0])
+    probes = np.array([[50.0, 100.0, 50.0], [100.0, 50.0, 50.0]])  # group 0 at 0.5; group 1 at 0.5 (layer 1 both sides)
+    exps = estimate_exponents(base, probes, np.array([0.5, 0.5]))
+    assert exps.tolist() == [[1.0, 0.0], [1.0, 2.0], [0.0, 0.0]]
+
+
+def test_quant_action_mapping() -> None:
+    env = QuantEnv(_layers(3), lambda p: EpisodeOutcome(0.0, {"policy": p}), precisions=("int4", "fp32", "int8"),
+                   base_keep={"conv0": 0.5})
+    env.reset()
+    for a in (-1.0, 0.0, 1.0):
+        _, _, done, _, info = env.step(np.array([a], dtype=np.float32))
+    assert done
+    assert info["policy"].precision == {"conv0": "fp32", "conv1": "int8", "conv2": "int4"}
+    assert info["policy"].keep == {"conv0": 0.5}
+
+
+def test_budget_parsing() -> None:
+    assert parse_budget("0.5x", "--latency-budget").resolve(10.0) == 5.0
+    assert parse_budget("3.2ms", "--latency-budget").resolve(10.0) == 3.2
+    assert parse_budget("500KB", "--size-budget", unit="b").resolve(1e6) == 500_000
+    for bad in ("fast", "1.5x", "-2ms", "3MB"):
+        with pytest.raises(UsageError):
+            parse_budget(bad, "--latency-budget")
+
+
+def test_reward_penalises_excess_in_proportion() -> None:
+    within = accuracy_within_budget(0.9, Costs(latency=4.0, latency_budget=5.0))
+    over10 = accuracy_within_budget(0.9, Costs(latency=5.5, latency_budget=5.0))
+    over20 = accuracy_within_budget(0.9, Costs(latency=6.0, latency_budget=5.0))
+    assert within == pytest.approx(0.9)
+    assert over10 == pytest.approx(0.9 - 2.0 * 0.1)
+    assert over20 < over10 < within
+    assert within_budget(Costs(latency=4.0, latency_budget=5.0))
+    assert not within_budget(Costs(latency=4.0, latency_budget=5.0, size=2.0, size_budget=1.0))
+    faster = accuracy_within_budget(0.9, Costs(latency=2.0, latency_budget=5.0, latency_ref=4.0), speed_weight=0.1)
+    assert faster > within

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hwcompress import __version__
+from hwcompress.cli_check import register as register_check_commands
 from hwcompress.errors import HwcompressError, UsageError
 
 app = typer.Typer(
@@ -220,6 +222,163 @@ def demo(
         ("figures", str(res.figures_path)),
     ]
     out.print(_measurement_table(f"{res.model} on {res.target} (baseline, measured)", rows))
+
+
+# --------------------------------------------------------------------------- layers
+@app.command()
+def layers(
+    model: ModelArg,
+    checkpoint: CheckpointOpt = None,
+    input_shape: Annotated[str, typer.Option("--input-shape", help="C,H,W (default 1,28,28)")] = "1,28,28",
+    num_classes: Annotated[int, typer.Option(help="Classes")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Print the layer table: prunable groups (Torch-Pruning dependency graph), MACs, params, channels."""
+    from hwcompress.pipeline import load_torch_model
+    from hwcompress.prune import layer_table, prunable_groups
+
+    shape = (1, *_parse_shape(input_shape))
+    net = load_torch_model(model, shape[1:], num_classes=num_classes, checkpoint=checkpoint)
+    rows = layer_table(net, shape)
+    groups = {g.index: g for g in prunable_groups(net, shape)}
+    if as_json:
+        out.print_json(json.dumps([r.to_dict(with_schema=False) for r in rows]))
+        return
+    table = Table(title=f"{model}: {len(rows)} layers, {len(groups)} prunable groups")
+    for col in ("layer", "kind", "in", "out", "kernel", "stride", "MACs", "params", "group"):
+        table.add_column(col, justify="right" if col not in ("layer", "kind") else "left")
+    for r in rows:
+        grp = f"{r.group} ({groups[r.group].name})" if r.group >= 0 else "— (not pruned)"
+        table.add_row(r.name, r.kind, str(r.in_channels), str(r.out_channels), "x".join(map(str, r.kernel)) or "—",
+                      "x".join(map(str, r.stride)) or "—", f"{r.macs:,}", f"{r.params:,}", grp)
+    out.print(table)
+
+
+# --------------------------------------------------------------------------- search
+class _ProgressReporter:
+    """Rich progress bars with best-so-far accuracy, measured latency and reward."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[best]}"), console=err, transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _ProgressReporter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def stage(self, name: str, total: int, done: int) -> None:
+        label = {"prune": "stage 1 prune", "quant": "stage 2 precision"}.get(name, name)
+        self.tasks[name] = self.progress.add_task(label, total=total, completed=done, best="")
+
+    def candidate(self, stage: str, episode: int, cand: Any, best: Any, within: bool) -> None:
+        if stage not in self.tasks:
+            return
+        text = ""
+        if best is not None:
+            lat = f"{best.measurement.latency.median_ms:.3f} ms" if best.measurement else f"{best.macs / 1e6:.1f} MMACs"
+            text = f"best acc {best.accuracy * 100:.2f}% · {lat} · reward {best.reward:.3f}"
+        self.progress.update(self.tasks[stage], completed=episode, best=text)
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(f"[dim]{text}[/dim]")
+
+
+@app.command()
+def search(
+    target: TargetOpt = "x86-cpu",
+    model: Annotated[str, typer.Option("--model", "-m", help="Built-in model or package.module:factory")] = "vgg-small",
+    checkpoint: CheckpointOpt = None,
+    data: DataOpt = None,
+    latency_budget: Annotated[str, typer.Option("--latency-budget", help="0.5x of the measured baseline, or e.g. 3.2ms")] = "0.5x",
+    size_budget: Annotated[str | None, typer.Option("--size-budget", help="File size: 0.1x or e.g. 200KB")] = None,
+    memory_budget: Annotated[str | None, typer.Option("--memory-budget", help="Peak memory: 0.5x or e.g. 20MB")] = None,
+    stages: Annotated[str, typer.Option("--stages", help="prune, quant or prune,quant")] = "prune,quant",
+    episodes: Annotated[int, typer.Option("--episodes", help="Stage-1 episodes")] = 60,
+    quant_episodes: Annotated[int, typer.Option("--quant-episodes", help="Stage-2 episodes")] = 30,
+    warmup: Annotated[int, typer.Option("--warmup", help="Random warm-up episodes before the agent learns")] = 10,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", help="Stop searching after this many seconds")] = None,
+    agent: Annotated[str, typer.Option("--agent", help="ddpg, td3, sac or ppo")] = "ddpg",
+    reward: Annotated[str, typer.Option("--reward", help="accuracy (validation) or label-free (similarity to the original)")] = "accuracy",
+    cost: Annotated[str, typer.Option("--cost", help="measured, or a proxy: flops (stage 1), bitops (stage 2), flops,bitops")] = "measured",
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Distillation epochs after stage 1")] = 1,
+    val_limit: Annotated[int, typer.Option("--val-images", help="Validation images per candidate")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifact folder")] = Path("out/search"),
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where the search keeps its log and checkpoints")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the search in this run folder")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact folder")] = False,
+    cache: CacheOpt = None,
+    host: Annotated[str | None, typer.Option("--host", help="Override the target's SSH host")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Override the target's SSH port")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Override the target's SSH user")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Override the target's SSH key file")] = None,
+) -> None:
+    """Two-stage DRL search with latency measured on the target; writes an artifact."""
+    from hwcompress.search.run import Search, SearchConfig
+
+    command = " ".join(["hwcompress", *sys.argv[1:]])
+    with _ProgressReporter() as rep:
+        if resume is not None:
+            s = Search.resume_from(resume, reporter=rep, cache_path=cache, command=command)
+        else:
+            costs = [c.strip() for c in cost.split(",") if c.strip()]
+            prune_cost = "flops" if "flops" in costs else "measured"
+            quant_cost = "bitops" if "bitops" in costs else "measured"
+            unknown = [c for c in costs if c not in ("measured", "flops", "bitops")]
+            if unknown:
+                raise UsageError(f"--cost {cost}: use measured, flops, bitops or flops,bitops")
+            connection = {k: v for k, v in {"host": host, "port": port, "user": user, "key": key}.items() if v is not None}
+            cfg = SearchConfig(
+                model=model, checkpoint=checkpoint, data=data, target=target, connection=connection,
+                latency_budget=latency_budget, size_budget=size_budget, memory_budget=memory_budget,
+                stages=tuple(s.strip() for s in stages.split(",") if s.strip()), prune_episodes=episodes,
+                quant_episodes=quant_episodes, warmup_episodes=warmup, time_budget_s=time_budget, agent=agent,
+                score=reward, prune_cost=prune_cost, quant_cost=quant_cost, finetune_epochs=finetune_epochs,
+                val_limit=val_limit, seed=seed, out=str(out_dir), force=force,
+            )
+            rd = run_dir or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
+            if rd.exists() and any(rd.iterdir()):
+                raise UsageError(f"run folder {rd} is not empty; use --resume {rd} to continue it or choose --run-dir")
+            s = Search(cfg, rd, reporter=rep, cache_path=cache, command=command)
+        res = s.run()
+    _print_search_result(res)
+
+
+def _print_search_result(res: Any) -> None:
+    m = res.manifest
+    table = Table(title=f"Baseline vs result on {m.target.name} (measured)" if m else "Search result")
+    for col in ("", "baseline", "result", "ratio"):
+        table.add_column(col, justify="right" if col else "left")
+    if m is not None:
+        b, r = m.baseline, m.result
+        def ratio(x: float, y: float) -> str:
+            return f"{x / y:.2f}x" if y else "—"
+        if b.measurement and r.measurement:
+            bl, rl = b.measurement.latency, r.measurement.latency
+            table.add_row("latency median", f"{bl.median_ms:.3f} ms", f"{rl.median_ms:.3f} ms", ratio(bl.median_ms, rl.median_ms) + " faster")
+            table.add_row("latency p90", f"{bl.p90_ms:.3f} ms", f"{rl.p90_ms:.3f} ms", ratio(bl.p90_ms, rl.p90_ms))
+            table.add_row("peak memory", f"{b.measurement.peak_memory_bytes / 2**20:.1f} MiB",
+                          f"{r.measurement.peak_memory_bytes / 2**20:.1f} MiB", "")
+        table.add_row("file size", f"{b.file_bytes / 1024:.1f} KiB", f"{r.file_bytes / 1024:.1f} KiB", ratio(b.file_bytes, r.file_bytes) + " smaller")
+        table.add_row("accuracy (test)", f"{b.accuracy * 100:.2f}%", f"{r.accuracy * 100:.2f}%", f"{(r.accuracy - b.accuracy) * 100:+.2f} pt")
+        table.add_row("MACs", f"{b.macs / 1e6:.2f} M", f"{r.macs / 1e6:.2f} M", ratio(b.macs, r.macs))
+    out.print(table)
+    hit, n = res.latency_model_within
+    out.print(f"latency budget {res.budget_ms:.3f} ms (baseline {res.baseline_ms:.3f} ms); "
+              f"{res.candidates} candidates; latency model within ±10% on {hit}/{n} unseen candidates")
+    out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
+    out.print(f"artifact: {res.artifact}\nrun folder: {res.run_dir}")
+
+
+register_check_commands(app)  # `baseline` and `check` (issue 7)
 
 
 def main() -> None:

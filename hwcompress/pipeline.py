@@ -14,6 +14,8 @@ from hwcompress.paths import cache_dir
 from hwcompress.zoo import is_zoo_name
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from hwcompress.records import Measurement
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,29 @@ def model_to_onnx(
     raise FileMissingError(
         f"{model} is neither a file nor a built-in model (vgg-small, resnet-20, mobilenetv2-small) "
         "nor a package.module:factory spec"
+    )
+
+
+def load_torch_model(
+    model: str, input_chw: tuple[int, ...], *, num_classes: int = 10, checkpoint: str | None = None
+) -> "nn.Module":
+    """A torch model from a built-in name (fresh weights unless ``checkpoint``) or a user spec."""
+    c = int(input_chw[0])
+    if is_zoo_name(model):
+        from hwcompress.zoo import build_model
+
+        net = build_model(model, in_channels=c, num_classes=num_classes)
+        if checkpoint:
+            from hwcompress.zoo.user import load_state_dict
+
+            load_state_dict(net, checkpoint)
+        return net
+    if ":" in model:
+        from hwcompress.zoo.user import load_user_model
+
+        return load_user_model(model, checkpoint, in_channels=c, num_classes=num_classes)
+    raise FileMissingError(
+        f"{model} is neither a built-in model (vgg-small, resnet-20, mobilenetv2-small) nor a package.module:factory spec"
     )
 
 

@@ -209,6 +209,7 @@ class LatencyStats(Record):
     n: int
     min_ms: float = 0.0
     max_ms: float = 0.0
+    robust_cv: float = 0.0  # 1.4826 * MAD / median: spread that single outliers do not inflate
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,7 @@ class Measurement(Record):
     median_cv: float = 0.0
     wall_s: float = 0.0
     cached: bool = False
+    per_node_us: dict[str, float] = field(default_factory=dict)  # node name -> mean time per run (us)
 
 
 # --------------------------------------------------------------------------- compression
@@ -297,6 +299,20 @@ class ModelFigures(Record):
     macs: int
     params: int
     measurement: Measurement | None = None
+    file: str = ""  # the model file these figures are of (artifact-relative, or a label for a variant)
+    precisions: dict[str, int] = field(default_factory=dict)  # number of weight layers per precision
+
+
+@dataclass(frozen=True)
+class LayerRecord(Record):
+    """One weight layer of an artifact: keep ratio, precision asked for and precision found in the file."""
+
+    name: str
+    op_type: str = ""
+    params: int = 0
+    keep: float = 1.0
+    precision: str = "fp32"
+    effective: str = ""
 
 
 @dataclass(frozen=True)
@@ -315,3 +331,8 @@ class Manifest(Record):
     seed: int = 0
     output_tolerance: float = 0.0
     created: str = ""
+    # on reference.npz: max |logit - float logit| <= output_tolerance and top-1 agreement >= this
+    min_top1_agreement: float = 0.0
+    output_tolerances: dict[str, float] = field(default_factory=dict)  # per model file; else output_tolerance
+    layers: tuple[LayerRecord, ...] = ()
+    variants: dict[str, ModelFigures] = field(default_factory=dict)  # other measured policies, by label

@@ -1,0 +1,230 @@
+"""Measure a model on a target: cache lookup, profiler run(s), re-measure on noise, store.
+
+The profiler's JSON is parsed here (:func:`parse_result`) into a :class:`Measurement`.  The
+re-measure rule uses the round's ``robust_cv`` (1.4826 * MAD / median): the reported figure is
+the median, and one scheduler hiccup inflates std / mean without moving the median.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from hwcompress.errors import FileMissingError, ModelError, ProfilerError
+from hwcompress.fsutil import sha256_file
+from hwcompress.profiling.adapters import ProfilerAdapter, get_adapter
+from hwcompress.profiling.cache import CacheKey, MeasurementCache
+from hwcompress.profiling.runner import LocalRunner, Runner
+from hwcompress.records import LatencyStats, Measurement, RecordError, Target
+
+log = logging.getLogger(__name__)
+
+_LATENCY_KEYS = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "cv", "n", "min_ms", "max_ms")
+_REQUIRED = ("latency", "peak_memory_bytes", "model_bytes", "model_sha256", "load_ms", "runtime",
+             "runtime_version", "device", "threads", "timestamp", "profiler_version")
+
+
+def parse_json(script: str, stdout: str) -> dict[str, Any]:
+    """The one JSON object a profiler printed; ProfilerError if there is none."""
+    text = stdout.strip()
+    candidates = [text, *[ln for ln in reversed(text.splitlines()) if ln.startswith("{")][:1]]
+    for cand in candidates:
+        try:
+            obj = json.loads(cand)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            if cand is not text:
+                log.warning("%s printed more than its JSON result on stdout; using the last JSON line", script)
+            return obj
+    shown = text[:200].replace("\n", " ") or "nothing"
+    raise ProfilerError(f"{script} printed no JSON result (stdout: {shown})")
+
+
+def parse_result(script: str, result: dict[str, Any], target: Target) -> Measurement:
+    """A profiler's JSON result as a Measurement (``ok`` must be true; see :func:`raise_failure`)."""
+    missing = [k for k in _REQUIRED if k not in result]
+    latency = result.get("latency") or {}
+    missing += [f"latency.{k}" for k in _LATENCY_KEYS if k not in latency]
+    if missing:
+        raise ProfilerError(f"{script} result lacks {', '.join(missing)}; the profiler and hwcompress versions differ")
+    _check_echo(script, result.get("settings") or {}, target)
+    per_node = result.get("per_node") or {}
+    try:
+        stats = LatencyStats.from_dict(
+            {k: latency[k] for k in (*_LATENCY_KEYS, "robust_cv") if latency.get(k) is not None}
+        )
+        return Measurement(
+            target=target.name,
+            model_sha256=str(result["model_sha256"]),
+            latency=stats,
+            peak_memory_bytes=int(result["peak_memory_bytes"]),
+            model_bytes=int(result["model_bytes"]),
+            load_ms=float(result["load_ms"]),
+            runtime=str(result["runtime"]),
+            runtime_version=str(result["runtime_version"]),
+            device=str(result["device"]),
+            settings=target.measure,
+            threads=int(result["threads"]),
+            timestamp=str(result["timestamp"]),
+            profiler_version=str(result["profiler_version"]),
+            per_node_us={str(n["name"]): float(n["mean_us"]) for n in per_node.get("nodes", [])},
+        )
+    except (RecordError, TypeError, ValueError, KeyError) as exc:
+        raise ProfilerError(f"{script} result is malformed: {exc}") from None
+
+
+def _check_echo(script: str, echo: dict[str, Any], target: Target) -> None:
+    """Warn when the profiler applied other settings than asked (a stale copy on the device)."""
+    m = target.measure
+    asked = {"warmup_runs": m.warmup_runs, "min_runs": m.min_runs, "min_seconds": m.min_seconds,
+             "max_runs": m.max_runs, "max_seconds": m.max_seconds}
+    differ = [f"{k}={echo[k]!r} (asked {v!r})" for k, v in asked.items() if k in echo and echo[k] != v]
+    if differ:
+        log.warning("%s used other settings than asked: %s", script, ", ".join(differ))
+
+
+def raise_failure(script: str, model: Path, result: dict[str, Any]) -> None:
+    """Turn an ``ok: false`` result into ModelError (kind "model") or ProfilerError (others)."""
+    message = str(result.get("error") or "no error message").replace("\n", " ")
+    kind = result.get("kind", "")
+    if kind == "model":
+        raise ModelError(f"{model.name}: {message}")
+    raise ProfilerError(f"{script} failed on {model.name} ({kind or 'unknown'} problem): {message}")
+
+
+def _cv(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = statistics.fmean(values)
+    return statistics.pstdev(values) / mean if mean > 0 else 0.0
+
+
+def _noise(m: Measurement) -> float:
+    """The spread compared with ``max_cv``: robust CV when the profiler reports it, else CV."""
+    return m.latency.robust_cv if m.latency.robust_cv > 0 else m.latency.cv
+
+
+def measure(
+    model_path: str | os.PathLike[str],
+    target: Target,
+    *,
+    cache: MeasurementCache | None = None,
+    runner: Runner | None = None,
+    per_node: bool = False,
+    force: bool = False,
+) -> Measurement:
+    """Latency / memory of ``model_path`` on ``target`` (one fresh profiler run per round).
+
+    Looks in ``cache`` first (result has ``cached=True``; ``force`` skips the lookup).  When a
+    round's spread exceeds ``target.measure.max_cv`` the model is profiled again, up to
+    ``max_rounds`` rounds; the round with the lowest spread is kept, with ``rounds``,
+    ``median_cv`` (CV of the rounds' medians) and ``wall_s`` (seconds for all rounds) set.
+    ``per_node`` adds per-node mean times (us) from the first round.  The result is stored in
+    ``cache``.  Raises FileMissingError, ModelError (the model cannot be loaded, fed or run),
+    ProfilerError / ProfilerTimeout (the profiler or the device failed).
+    """
+    model = Path(model_path)
+    if not model.is_file():
+        raise FileMissingError(f"model file {model} does not exist")
+    adapter = get_adapter(target.runtime)
+    adapter.check_model(model)
+    runner = runner if runner is not None else LocalRunner()
+    sha = sha256_file(model)
+    key = CacheKey(sha, target.settings_digest(), adapter.profiler_version())
+    if cache is not None and not force:
+        hit = cache.get(key)
+        if hit is not None and (hit.per_node_us or not per_node):
+            log.debug("cache hit for %s on %s", model.name, target.name)
+            return replace_target(hit, target)
+
+    t0 = time.perf_counter()
+    rounds: list[Measurement] = []
+    node_times: dict[str, float] = {}
+    settings = target.measure
+    while len(rounds) < settings.max_rounds:
+        m = _profile_once(adapter, runner, model, target, per_node=per_node and not rounds)
+        if m.model_sha256 != sha:
+            raise ProfilerError(
+                f"{model.name} changed while it was profiled (sha256 {m.model_sha256[:12]} != {sha[:12]})"
+            )
+        if m.profiler_version != key.profiler_version:
+            log.warning("%s reports version %s, expected %s: the device runs another copy of the script",
+                        adapter.script, m.profiler_version, key.profiler_version)
+        node_times = node_times or m.per_node_us
+        rounds.append(m)
+        if _noise(m) <= settings.max_cv:
+            break
+        log.info("%s on %s: spread %.1f%% > %.1f%% (round %d of %d)", model.name, target.name,
+                 100 * _noise(m), 100 * settings.max_cv, len(rounds), settings.max_rounds)
+    best = min(rounds, key=_noise)
+    if _noise(best) > settings.max_cv:
+        log.warning("%s on %s: latency spread %.1f%% still above %.1f%% after %d rounds; the device is noisy",
+                    model.name, target.name, 100 * _noise(best), 100 * settings.max_cv, len(rounds))
+    result = dataclasses.replace(
+        best,
+        rounds=len(rounds),
+        median_cv=_cv([r.latency.median_ms for r in rounds]),
+        wall_s=time.perf_counter() - t0,
+        per_node_us=node_times,
+        cached=False,
+    )
+    log.info("%s on %s: %.3f ms median (spread %.1f%%, n=%d, %d round(s), %.2f s)", model.name, target.name,
+             result.latency.median_ms, 100 * _noise(result), result.latency.n, result.rounds, result.wall_s)
+    if cache is not None:
+        cache.put(key, result)
+    return result
+
+
+def _profile_once(adapter: ProfilerAdapter, runner: Runner, model: Path, target: Target, *, per_node: bool) -> Measurement:
+    args = adapter.args(model, target, per_node=per_node)
+    stdout = runner.run(adapter.script, args, [model], target.measure.timeout_s)
+    result = parse_json(adapter.script, stdout)
+    if not result.get("ok"):
+        raise_failure(adapter.script, model, result)
+    m = parse_result(adapter.script, result, target)
+    if not all(math.isfinite(v) for v in (m.latency.median_ms, m.latency.cv)):
+        raise ProfilerError(f"{adapter.script} reported a non-finite latency for {model.name}")
+    return m
+
+
+def replace_target(m: Measurement, target: Target) -> Measurement:
+    """``m`` labelled with ``target``'s name (two targets with equal settings share cache entries)."""
+    return m if m.target == target.name else dataclasses.replace(m, target=target.name)
+
+
+def probe(target: Target, runner: Runner | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    """Check that ``target``'s runtime loads on the device (the connection test): returns the
+    profiler's JSON (runtime_version, device, device_info, providers, profiler_version).
+    Raises ProfilerError / ProfilerTimeout with the reason on one line."""
+    adapter = get_adapter(target.runtime)
+    runner = runner if runner is not None else LocalRunner()
+    stdout = runner.run(adapter.script, adapter.probe_args(target), [], timeout_s or target.measure.timeout_s)
+    result = parse_json(adapter.script, stdout)
+    if not result.get("ok"):
+        raise ProfilerError(
+            f"{adapter.script} cannot run on target {target.name}: {result.get('error') or 'no error message'}"
+        )
+    return result
+
+
+def measure_many(
+    paths: Iterable[str | os.PathLike[str]],
+    target: Target,
+    *,
+    cache: MeasurementCache | None = None,
+    runner: Runner | None = None,
+    per_node: bool = False,
+    force: bool = False,
+) -> list[Measurement]:
+    """:func:`measure` each model in turn (never in parallel: profiles would disturb each other)."""
+    runner = runner if runner is not None else LocalRunner()
+    return [measure(p, target, cache=cache, runner=runner, per_node=per_node, force=force) for p in paths]

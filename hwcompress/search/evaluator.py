@@ -1,0 +1,439 @@
+"""Candidate evaluation: policy -> real model -> ONNX -> measured on the target -> scored.
+
+An identical policy is never built or measured twice (in-memory table by policy digest, filled
+again from ``search.jsonl`` on resume; the measurement cache below it is keyed by the model's
+sha256). A candidate whose build, export or profile fails is logged with its error and gets
+:data:`~hwcompress.search.reward.FAILED_REWARD`; the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hwcompress.errors import HwcompressError
+from hwcompress.fsutil import sha256_file
+from hwcompress.records import Candidate, CompressionPolicy, Measurement, Target
+from hwcompress.search.envs import EpisodeOutcome
+from hwcompress.search.latency_model import LatencyModel
+from hwcompress.search.reward import FAILED_REWARD, Costs, accuracy_within_budget, within_budget
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hwcompress.data import DataSplits, Split
+    from hwcompress.profiling.cache import MeasurementCache
+
+log = logging.getLogger(__name__)
+
+BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+ACT_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 8}  # int4 is weight-only; activations stay 8-bit
+
+
+class SearchLog:
+    """Append-only ``search.jsonl``: one line per evaluated candidate, flushed and fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, record: dict[str, Any]) -> None:
+        import os
+
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every complete line (a line torn by a crash mid-write is skipped)."""
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("skipping a torn line in %s", self.path)
+        return out
+
+
+@dataclass
+class StageState:
+    """What an evaluator accumulates: every candidate by policy digest, and the best one."""
+
+    stage: str
+    seen: dict[str, Candidate] = field(default_factory=dict)
+    best: Candidate | None = None
+    best_within: bool = False
+    evaluated: int = 0
+    failures: int = 0
+
+    def consider(self, cand: Candidate, within: bool) -> None:
+        """Best = within budget first, then highest reward."""
+        if cand.error:
+            return
+        better = (
+            self.best is None
+            or (within and not self.best_within)
+            or (within == self.best_within and cand.reward > self.best.reward)
+        )
+        if better:
+            self.best, self.best_within = cand, within
+
+
+@dataclass
+class EvalContext:
+    """Everything both stages need to score a candidate."""
+
+    target: Target
+    input_shape: tuple[int, int, int, int]
+    splits: DataSplits
+    cache: MeasurementCache | None
+    workdir: Path
+    log: SearchLog
+    score_mode: str = "accuracy"  # accuracy | label-free
+    val_limit: int = 2000
+    bn_batches: int = 8
+    penalty: float = 2.0
+    size_budget: float | None = None
+    memory_budget: float | None = None
+
+    def val(self) -> Split:
+        return self.splits.val.head(self.val_limit)
+
+
+def recalibrate_bn(model: nn.Module, x: np.ndarray, batches: int, batch_size: int = 64) -> None:
+    """Re-estimate BatchNorm statistics on ``batches`` training batches (adaptive BN, as EagleEye).
+
+    A pruned network's BN statistics no longer match its activations; a few forward passes fix
+    that and make the accuracy of an un-fine-tuned candidate a far better predictor of its
+    accuracy after fine-tuning.
+    """
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches <= 0:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for i in range(batches):
+            chunk = x[i * batch_size : (i + 1) * batch_size]
+            if len(chunk) == 0:
+                break
+            model(torch.from_numpy(np.ascontiguousarray(chunk)))
+    for m, mom in saved:
+        m.momentum = mom
+    model.eval()
+
+
+def device_file(
+    model: nn.Module, shape: tuple[int, ...], stem: Path, target: Target, policy: CompressionPolicy | None = None,
+    calib_x: np.ndarray | None = None,
+) -> Path:
+    """The file the target's runtime runs: .tflite for TFLite targets, ONNX otherwise (fp32 unless ``policy``)."""
+    if target.runtime == "tflite":
+        from hwcompress.quantize import uniform_policy
+        from hwcompress.tflite import to_tflite
+
+        pol = policy or uniform_policy("fp32")
+        x = calib_x if calib_x is not None else np.zeros((1, *shape[1:]), np.float32)
+        return to_tflite(model, shape, stem.with_suffix(".tflite"), pol, x, target=target, threads=target.threads)
+    from hwcompress.export import export_onnx
+
+    return export_onnx(model, shape, stem.with_suffix(".onnx"))
+
+
+def runtime_accuracy(path: Path, split: Split, threads: int) -> float:
+    """Accuracy of a model file run in its runtime (ONNX Runtime or the LiteRT interpreter)."""
+    if path.suffix == ".tflite":
+        from hwcompress.tflite import tflite_accuracy
+
+        return tflite_accuracy(path, split, threads=threads)
+    from hwcompress.evaluate import onnx_accuracy
+
+    return onnx_accuracy(path, split, threads=threads)
+
+
+def _candidate_record(cand: Candidate, extra: dict[str, Any]) -> dict[str, Any]:
+    return {**cand.to_dict(), **extra}
+
+
+class PruneEvaluator:
+    """Stage 1: keep-ratio policy -> pruned torch model -> ONNX -> measured -> accuracy/similarity."""
+
+    def __init__(
+        self,
+        ctx: EvalContext,
+        model: nn.Module,
+        *,
+        cost: str,
+        budget_ms: float,
+        budget_macs: float,
+        base_macs: int,
+        latency_model: LatencyModel | None,
+        group_index: dict[str, int],
+        on_candidate: Callable[[Candidate, bool], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.model = model
+        self.cost = cost
+        self.budget_ms = budget_ms
+        self.budget_macs = budget_macs
+        self.base_macs = base_macs
+        self.latency_model = latency_model
+        self.group_index = group_index
+        self.state = StageState("prune")
+        self.on_candidate = on_candidate
+        self.episode = 0
+        self.last_within = False
+
+    def keep_vector(self, policy: CompressionPolicy) -> np.ndarray:
+        keep = np.ones(len(self.group_index))
+        for name, ratio in policy.keep.items():
+            keep[self.group_index[name]] = ratio
+        return keep
+
+    def build(self, policy: CompressionPolicy) -> nn.Module:
+        from hwcompress.prune import apply_policy
+
+        pruned = apply_policy(self.model, policy, self.ctx.input_shape, channel_multiple=self.ctx.target.channel_multiple)
+        recalibrate_bn(pruned, self.ctx.splits.train.x, self.ctx.bn_batches)
+        return pruned
+
+    def score(self, pruned: nn.Module) -> float:
+        if self.ctx.score_mode == "label-free":
+            from hwcompress.similarity import similarity
+
+            return similarity(pruned, self.model, self.ctx.val().x)
+        from hwcompress.evaluate import accuracy
+
+        return accuracy(pruned, self.ctx.val())
+
+    def __call__(self, policy: CompressionPolicy) -> EpisodeOutcome:
+        from hwcompress.evaluate import torch_threads
+
+        # One torch thread: small per-candidate work, and no fight with the profiler for the cores.
+        with torch_threads(1):
+            return self._evaluate(policy)
+
+    def _evaluate(self, policy: CompressionPolicy) -> EpisodeOutcome:
+        self.episode += 1
+        key = policy.digest()
+        if key in self.state.seen:
+            cand = self.state.seen[key]
+            within = self._within(cand)
+            self.last_within = within
+            return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": True, "within_budget": within})
+        t0 = time.perf_counter()
+        from hwcompress.macs import count_macs
+
+        predicted = self.latency_model.predict(self.keep_vector(policy)) if self.latency_model else None
+        extra: dict[str, Any] = {"predicted_ms": predicted}
+        try:
+            pruned = self.build(policy)
+            macs, params = count_macs(pruned, self.ctx.input_shape)
+            measurement: Measurement | None = None
+            onnx_path = self.ctx.workdir / f"prune-{key}.onnx"
+            if self.cost == "measured":
+                from hwcompress.profiling.measure import measure
+
+                onnx_path = device_file(pruned, self.ctx.input_shape, self.ctx.workdir / f"prune-{key}", self.ctx.target)
+                measurement = measure(onnx_path, self.ctx.target, cache=self.ctx.cache)
+            else:  # proxy mode: the file is written for the record, not measured
+                from hwcompress.export import export_onnx
+
+                export_onnx(pruned, self.ctx.input_shape, onnx_path)
+            score = self.score(pruned)
+            if self.cost == "measured":
+                assert measurement is not None
+                costs = Costs(
+                    latency=measurement.latency.median_ms,
+                    latency_budget=self.budget_ms,
+                    size=float(onnx_path.stat().st_size),
+                    size_budget=self.ctx.size_budget,
+                    memory=float(measurement.peak_memory_bytes),
+                    memory_budget=self.ctx.memory_budget,
+                )
+                if self.latency_model is not None:
+                    err = self.latency_model.observe(self.keep_vector(policy), measurement.latency.median_ms)
+                    extra["latency_model_error"] = err
+            else:  # flops proxy: MACs against the same fraction of the baseline's MACs
+                costs = Costs(latency=float(macs), latency_budget=self.budget_macs)
+            reward = accuracy_within_budget(score, costs, penalty=self.ctx.penalty)
+            within = within_budget(costs)
+            cand = Candidate(
+                policy=policy, stage="prune", accuracy=score, macs=macs, params=params, reward=reward,
+                seconds=time.perf_counter() - t0, measurement=measurement, episode=self.episode,
+            )
+            extra["onnx"] = str(onnx_path)
+            extra["file_bytes"] = onnx_path.stat().st_size
+        except HwcompressError as exc:
+            within = False
+            cand = Candidate(
+                policy=policy, stage="prune", accuracy=0.0, macs=0, params=0, reward=FAILED_REWARD,
+                seconds=time.perf_counter() - t0, error=str(exc), episode=self.episode,
+            )
+            self.state.failures += 1
+            log.warning("candidate %s failed: %s", key, exc)
+        extra["within_budget"] = within
+        self.last_within = within
+        self.state.seen[key] = cand
+        self.state.evaluated += 1
+        self.state.consider(cand, within)
+        self.ctx.log.append(_candidate_record(cand, extra))
+        if self.on_candidate:
+            self.on_candidate(cand, within)
+        return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": False, "within_budget": within})
+
+    def _within(self, cand: Candidate) -> bool:
+        if cand.error:
+            return False
+        if self.cost == "measured" and cand.measurement is not None:
+            return cand.measurement.latency.median_ms <= self.budget_ms
+        return cand.macs <= self.budget_macs
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Refill the table of seen candidates from ``search.jsonl`` lines of this stage."""
+        for rec in records:
+            if rec.get("stage") != "prune":
+                continue
+            extra = {k: rec.pop(k) for k in list(rec) if k not in Candidate.__dataclass_fields__ and k != "schema"}
+            cand = Candidate.from_dict(rec)
+            self.state.seen[cand.policy.digest()] = cand
+            self.state.evaluated += 1
+            self.state.consider(cand, bool(extra.get("within_budget")))
+            if self.latency_model is not None and cand.measurement is not None:
+                self.latency_model.observe(self.keep_vector(cand.policy), cand.measurement.latency.median_ms)
+            self.episode = max(self.episode, cand.episode)
+
+
+class QuantEvaluator:
+    """Stage 2: precision policy -> QDQ ONNX (real quantization) -> measured -> accuracy on the runtime."""
+
+    def __init__(
+        self,
+        ctx: EvalContext,
+        fp32_onnx: Path,
+        *,
+        model: nn.Module | None = None,
+        cost: str,
+        budget_ms: float,
+        latency_ref: float,
+        layer_macs: dict[str, int],
+        speed_weight: float,
+        base_keep: dict[str, float],
+        calib_x: np.ndarray,
+        on_candidate: Callable[[Candidate, bool], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.fp32_onnx = fp32_onnx
+        self.model = model
+        self.cost = cost
+        self.budget_ms = budget_ms
+        self.latency_ref = latency_ref
+        self.layer_macs = layer_macs
+        self.speed_weight = speed_weight
+        self.base_keep = base_keep
+        self.calib_x = calib_x
+        self.state = StageState("quant")
+        self.on_candidate = on_candidate
+        self.episode = 0
+        self.base_bitops = sum(self.layer_macs.values()) * 32 * 32
+        self.budget_bitops = self.base_bitops * (budget_ms / latency_ref if latency_ref > 0 else 1.0)
+
+    def bitops(self, policy: CompressionPolicy) -> int:
+        """HAQ's bit-ops: sum over layers of MACs x weight bits x activation bits."""
+        total = 0
+        for name, macs in self.layer_macs.items():
+            p = policy.precision.get(name, policy.default_precision)
+            total += macs * BITS[p] * ACT_BITS[p]
+        return total
+
+    def __call__(self, policy: CompressionPolicy) -> EpisodeOutcome:
+        from hwcompress.evaluate import torch_threads
+
+        with torch_threads(1):
+            return self._evaluate(policy)
+
+    def _evaluate(self, policy: CompressionPolicy) -> EpisodeOutcome:
+        self.episode += 1
+        key = policy.digest()
+        if key in self.state.seen:
+            cand = self.state.seen[key]
+            return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": True})
+        t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        try:
+            stem = self.ctx.workdir / f"quant-{key}"
+            if self.ctx.target.runtime == "tflite":
+                assert self.model is not None
+                q_path = device_file(self.model, self.ctx.input_shape, stem, self.ctx.target, policy, self.calib_x)
+            else:
+                from hwcompress.quantize import quantize_onnx
+
+                q_path = quantize_onnx(self.fp32_onnx, stem.with_suffix(".onnx"), policy, self.calib_x, self.ctx.target)
+            size = float(q_path.stat().st_size)
+            measurement: Measurement | None = None
+            if self.cost == "measured":
+                from hwcompress.profiling.measure import measure
+
+                measurement = measure(q_path, self.ctx.target, cache=self.ctx.cache)
+            score = runtime_accuracy(q_path, self.ctx.val(), self.ctx.target.threads)
+            bitops = self.bitops(policy)
+            if self.cost == "measured":
+                assert measurement is not None
+                costs = Costs(
+                    latency=measurement.latency.median_ms, latency_budget=self.budget_ms, size=size,
+                    size_budget=self.ctx.size_budget, memory=float(measurement.peak_memory_bytes),
+                    memory_budget=self.ctx.memory_budget, latency_ref=self.latency_ref,
+                )
+            else:  # bit-ops proxy (HAQ)
+                costs = Costs(latency=float(bitops), latency_budget=self.budget_bitops, size=size,
+                              size_budget=self.ctx.size_budget, latency_ref=float(self.base_bitops))
+            reward = accuracy_within_budget(score, costs, penalty=self.ctx.penalty, speed_weight=self.speed_weight)
+            within = within_budget(costs)
+            cand = Candidate(
+                policy=policy, stage="quant", accuracy=score, macs=sum(self.layer_macs.values()), params=0,
+                reward=reward, seconds=time.perf_counter() - t0, measurement=measurement, episode=self.episode,
+            )
+            extra.update({"onnx": str(q_path), "file_bytes": int(size), "bitops": bitops, "sha256": sha256_file(q_path)})
+        except HwcompressError as exc:
+            within = False
+            cand = Candidate(
+                policy=policy, stage="quant", accuracy=0.0, macs=0, params=0, reward=FAILED_REWARD,
+                seconds=time.perf_counter() - t0, error=str(exc), episode=self.episode,
+            )
+            self.state.failures += 1
+            log.warning("candidate %s failed: %s", key, exc)
+        extra["within_budget"] = within
+        self.state.seen[key] = cand
+        self.state.evaluated += 1
+        self.state.consider(cand, within)
+        self.ctx.log.append(_candidate_record(cand, extra))
+        if self.on_candidate:
+            self.on_candidate(cand, within)
+        return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": False, "within_budget": within})
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            if rec.get("stage") != "quant":
+                continue
+            extra = {k: rec.pop(k) for k in list(rec) if k not in Candidate.__dataclass_fields__ and k != "schema"}
+            cand = Candidate.from_dict(rec)
+            self.state.seen[cand.policy.digest()] = cand
+            self.state.evaluated += 1
+            self.state.consider(cand, bool(extra.get("within_budget")))
+            self.episode = max(self.episode, cand.episode)

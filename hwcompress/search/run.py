@@ -1,0 +1,495 @@
+"""The whole search: baseline -> stage 1 (prune) -> fine-tune -> stage 2 (precision) -> artifact.
+
+Everything lives in a run directory:
+
+    RUN_DIR/config.json        the search's settings (a resumed search reads them back)
+    RUN_DIR/search.jsonl       every candidate, as it happens
+    RUN_DIR/ckpt/              agent, replay buffer, random state and counters per stage
+    RUN_DIR/baseline.onnx      the unpruned model as exported
+    RUN_DIR/stage1.json        best pruning policy (written when stage 1 ends)
+    RUN_DIR/finetuned.pt       the fine-tuned pruned model (written when fine-tuning ends)
+    RUN_DIR/stage2.json        best precision policy
+    RUN_DIR/candidates/        ONNX files of the candidates
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from hwcompress.errors import UsageError
+from hwcompress.fsutil import atomic_write_text
+from hwcompress.records import Candidate, CompressionPolicy, Manifest, Measurement
+from hwcompress.search.agents import AGENTS, AgentConfig
+from hwcompress.search.budget import parse_budget
+from hwcompress.search.envs import PruneEnv, QuantEnv, StepLayer
+from hwcompress.search.evaluator import EvalContext, PruneEvaluator, QuantEvaluator, SearchLog
+from hwcompress.search.latency_model import LatencyModel, LayerCostModel
+from hwcompress.search.stage import StageRunner
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hwcompress.data import DataSplits
+    from hwcompress.prune import PruneGroup
+    from hwcompress.records import LayerInfo, Target
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prune", "quant")
+COSTS_PRUNE = ("measured", "flops")
+COSTS_QUANT = ("measured", "bitops")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of one search (saved to ``RUN_DIR/config.json``)."""
+
+    model: str = "vgg-small"
+    checkpoint: str | None = None
+    data: str | None = None
+    target: str = "x86-cpu"
+    connection: dict[str, Any] = field(default_factory=dict)
+    latency_budget: str = "0.5x"
+    size_budget: str | None = None
+    memory_budget: str | None = None
+    stages: tuple[str, ...] = STAGES
+    prune_episodes: int = 60
+    quant_episodes: int = 30
+    time_budget_s: float | None = None
+    agent: str = "ddpg"
+    warmup_episodes: int = 10
+    seed: int = 0
+    score: str = "accuracy"
+    prune_cost: str = "measured"
+    quant_cost: str = "measured"
+    finetune_epochs: int = 1
+    val_limit: int = 2000
+    test_limit: int | None = None
+    lower_bound: float = 0.2
+    speed_weight: float = 0.05
+    penalty: float = 2.0
+    wall: bool = True
+    out: str = "out/search"
+    force: bool = False
+
+    def validate(self) -> None:
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad or not self.stages:
+            raise UsageError(f"--stages {','.join(self.stages)}: choose prune, quant or prune,quant")
+        if self.agent not in AGENTS:
+            raise UsageError(f"--agent {self.agent}: choose one of {', '.join(AGENTS)}")
+        if self.prune_cost not in COSTS_PRUNE:
+            raise UsageError(f"--cost {self.prune_cost}: stage 1 cost is measured or flops")
+        if self.quant_cost not in COSTS_QUANT:
+            raise UsageError(f"--cost {self.quant_cost}: stage 2 cost is measured or bitops")
+        if self.score not in ("accuracy", "label-free"):
+            raise UsageError(f"--reward {self.score}: choose accuracy or label-free")
+        if self.prune_episodes < 1 or self.quant_episodes < 1:
+            raise UsageError("--episodes must be at least 1")
+        if not 0.05 <= self.lower_bound <= 1.0:
+            raise UsageError("--lower-bound must be in [0.05, 1]")
+        if self.finetune_epochs < 0:
+            raise UsageError("--finetune-epochs must be >= 0")
+        parse_budget(self.latency_budget, "--latency-budget")
+        if self.size_budget:
+            parse_budget(self.size_budget, "--size-budget", unit="b")
+        if self.memory_budget:
+            parse_budget(self.memory_budget, "--memory-budget", unit="b")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["stages"] = list(self.stages)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        d = dict(d)
+        d["stages"] = tuple(d.get("stages", STAGES))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class Reporter(Protocol):
+    """What a front end (the CLI's progress bars) is told; the library never prints."""
+
+    def stage(self, name: str, total: int, done: int) -> None: ...
+
+    def candidate(self, stage: str, episode: int, cand: Candidate, best: Candidate | None, within: bool) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class NullReporter:
+    def stage(self, name: str, total: int, done: int) -> None:
+        log.info("stage %s: %d/%d episodes", name, done, total)
+
+    def candidate(self, stage: str, episode: int, cand: Candidate, best: Candidate | None, within: bool) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        log.info("%s", text)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    run_dir: Path
+    artifact: Path | None
+    manifest: Manifest | None
+    baseline_ms: float
+    budget_ms: float
+    prune_best: Candidate | None
+    quant_best: Candidate | None
+    latency_model_within: tuple[int, int]
+    seconds: dict[str, float]
+    candidates: int
+
+
+# --------------------------------------------------------------------------- helpers
+def _kind(info: LayerInfo) -> str:
+    return {"dwconv": "depthwise", "linear": "linear"}.get(info.kind, "conv")
+
+
+def node_module(node_name: str) -> str:
+    """Torch module name from an ORT node name such as ``/features/features.0/features.0.0/Conv``."""
+    from hwcompress.quantize import module_name_from_node
+
+    return module_name_from_node(node_name)
+
+
+def layer_times_ms(table: list[LayerInfo], baseline: Measurement) -> np.ndarray:
+    """Per-layer share of the baseline's measured latency (ms), from per-node profiling.
+
+    Nodes map to layers through their module scope; a layer without a timed node gets a MACs
+    share of the time no node explains. Without per-node data, MACs shares of 90% of the latency.
+    """
+    names = [la.name for la in table]
+    macs = np.array([la.macs for la in table], dtype=np.float64)
+    total_ms = baseline.latency.median_ms
+    node_us = dict(baseline.per_node_us or {})
+    if not node_us:
+        return 0.9 * total_ms * macs / max(macs.sum(), 1.0)
+    per_layer = dict.fromkeys(names, 0.0)
+    for node, us in node_us.items():
+        mod = node_module(node)
+        if mod in per_layer:
+            per_layer[mod] += us
+    timed = np.array([per_layer[n] for n in names]) / 1000.0
+    all_nodes_ms = sum(node_us.values()) / 1000.0
+    scale = total_ms / all_nodes_ms if all_nodes_ms > 0 else 1.0  # per-node timing adds overhead
+    timed = timed * scale
+    missing = timed == 0
+    if missing.any():
+        leftover = max(total_ms - timed.sum(), 0.0) * 0.5
+        timed[missing] = leftover * macs[missing] / max(macs[missing].sum(), 1.0)
+    return timed
+
+
+def cost_model(groups: list[PruneGroup], table: list[LayerInfo], times_ms: np.ndarray) -> LayerCostModel:
+    """Exponents from the groups: a layer scales with the keep ratio of the group pruning its
+    outputs and of the group pruning its inputs (once for a depthwise conv)."""
+    index = {la.name: i for i, la in enumerate(table)}
+    exps = np.zeros((len(table), len(groups)))
+    for g in groups:
+        for name in g.layers:
+            if name in index:
+                exps[index[name], g.index] += 1.0
+        for name in g.consumers:
+            if name in index and table[index[name]].kind != "dwconv":
+                exps[index[name], g.index] += 1.0
+    for i, la in enumerate(table):
+        if la.kind == "dwconv":
+            exps[i] = np.minimum(exps[i], 1.0)
+    return LayerCostModel([la.name for la in table], np.array([la.macs for la in table], float), exps, times_ms)
+
+
+def prune_step_layers(groups: list[PruneGroup], table: list[LayerInfo], times_ms: np.ndarray) -> list[StepLayer]:
+    by_name = {la.name: la for la in table}
+    idx = {la.name: i for i, la in enumerate(table)}
+    total = max(float(times_ms.sum()), 1e-9)
+    out = []
+    for g in groups:
+        lead = by_name.get(g.layers[0]) if g.layers else None
+        touched = {*g.layers, *g.consumers}
+        share = sum(float(times_ms[idx[n]]) for n in touched if n in idx) / total
+        out.append(
+            StepLayer(
+                name=g.name,
+                kind=_kind(lead) if lead else "conv",
+                in_channels=lead.in_channels if lead else g.channels,
+                out_channels=g.channels,
+                kernel=lead.kernel[0] if lead and lead.kernel else 1,
+                stride=lead.stride[0] if lead and lead.stride else 1,
+                macs=g.macs,
+                params=g.params,
+                latency_share=min(share, 1.0),
+                channels=g.channels,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- the search
+class Search:
+    """One search in ``run_dir``; ``run()`` does every stage not finished yet."""
+
+    def __init__(self, cfg: SearchConfig, run_dir: Path, *, reporter: Reporter | None = None, resume: bool = False,
+                 cache_path: Path | None = None, command: str = "") -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.reporter: Reporter = reporter or NullReporter()
+        self.resume = resume
+        self.cache_path = cache_path
+        self.command = command
+        self.seconds: dict[str, float] = {}
+
+    @classmethod
+    def resume_from(cls, run_dir: Path, **kwargs: Any) -> Search:
+        cfg_file = run_dir / "config.json"
+        if not cfg_file.is_file():
+            raise UsageError(f"--resume {run_dir}: no config.json there; is it a search's run directory?")
+        cfg = SearchConfig.from_dict(json.loads(cfg_file.read_text()))
+        return cls(cfg, run_dir, resume=True, **kwargs)
+
+    # ------------------------------------------------------------------ setup
+    def _prepare(self) -> None:
+        import torch
+
+        from hwcompress.data import load_splits
+        from hwcompress.export import export_onnx
+        from hwcompress.macs import count_macs
+        from hwcompress.profiling.cache import MeasurementCache
+        from hwcompress.profiling.measure import measure
+        from hwcompress.targets import load_target
+        from hwcompress.zoo.train import ensure_baseline
+
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            out = Path(cfg.out)
+            if out.exists() and not cfg.force:
+                raise UsageError(f"artifact folder {out} exists; choose another --out or pass --force")
+            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.target: Target = load_target(cfg.target, **cfg.connection)
+        self.splits: DataSplits = load_splits(cfg.data, seed=cfg.seed)
+        self.base = ensure_baseline(cfg.model, self.splits, checkpoint=cfg.checkpoint)
+        self.base.model.eval()
+        self.shape = (1, *self.splits.input_shape)
+        self.cache = MeasurementCache(self.cache_path)
+        self.workdir = self.run_dir / "candidates"
+        self.workdir.mkdir(exist_ok=True)
+        self.log = SearchLog(self.run_dir / "search.jsonl")
+        self.base_onnx = export_onnx(self.base.model, self.shape, self.run_dir / "baseline.onnx")
+        self.base_file = self.base_onnx
+        if self.target.runtime == "tflite":
+            from hwcompress.search.evaluator import device_file
+
+            self.base_file = device_file(self.base.model, self.shape, self.run_dir / "baseline", self.target)
+        self.reporter.message(f"measuring the baseline on {self.target.name}")
+        per_node = self.target.runtime == "onnxruntime"
+        self.base_measurement = measure(self.base_file, self.target, cache=self.cache, per_node=per_node)
+        self.base_ms = self.base_measurement.latency.median_ms
+        self.budget_ms = parse_budget(cfg.latency_budget, "--latency-budget").resolve(self.base_ms)
+        self.base_macs, self.base_params = count_macs(self.base.model, self.shape)
+        base_bytes = self.base_file.stat().st_size
+        self.ctx = EvalContext(
+            target=self.target, input_shape=self.shape, splits=self.splits, cache=self.cache, workdir=self.workdir,
+            log=self.log, score_mode=cfg.score, val_limit=cfg.val_limit, penalty=cfg.penalty,
+            size_budget=parse_budget(cfg.size_budget, "--size-budget", unit="b").resolve(base_bytes) if cfg.size_budget else None,
+            memory_budget=parse_budget(cfg.memory_budget, "--memory-budget", unit="b").resolve(
+                self.base_measurement.peak_memory_bytes) if cfg.memory_budget else None,
+        )
+        self.deadline = time.monotonic() + cfg.time_budget_s if cfg.time_budget_s else None
+        self.reporter.message(
+            f"baseline {self.base_ms:.3f} ms (CV {self.base_measurement.latency.cv * 100:.1f}%), "
+            f"accuracy {self.base.test_accuracy * 100:.2f}%; latency budget {self.budget_ms:.3f} ms"
+        )
+
+    def _agent_cfg(self, warmup: int) -> AgentConfig:
+        return AgentConfig(name=self.cfg.agent, warmup_episodes=warmup, seed=self.cfg.seed)
+
+    # ------------------------------------------------------------------ stage 1
+    def _stage1(self) -> tuple[CompressionPolicy, Candidate | None]:
+        from hwcompress.prune import layer_table, prunable_groups
+
+        cfg = self.cfg
+        out_file = self.run_dir / "stage1.json"
+        if out_file.exists():
+            data = json.loads(out_file.read_text())
+            best = Candidate.from_dict(data["best"]) if data.get("best") else None
+            self.latency_within = tuple(data.get("latency_model_within", (0, 0)))  # type: ignore[assignment]
+            return CompressionPolicy.from_dict(data["policy"]), best
+        groups = prunable_groups(self.base.model, self.shape)
+        table = layer_table(self.base.model, self.shape)
+        times = layer_times_ms(table, self.base_measurement)
+        cmodel = cost_model(groups, table, times)
+        lat_model = LatencyModel(cmodel, self.base_ms)
+        evaluator = PruneEvaluator(
+            self.ctx, self.base.model, cost=cfg.prune_cost, budget_ms=self.budget_ms,
+            budget_macs=self.base_macs * parse_budget(cfg.latency_budget, "--latency-budget").as_ratio(self.base_ms),
+            base_macs=self.base_macs, latency_model=lat_model if cfg.prune_cost == "measured" else None,
+            group_index={g.name: g.index for g in groups},
+            on_candidate=lambda c, w: self.reporter.candidate("prune", evaluator.episode, c, evaluator.state.best, w),
+        )
+        if self.resume:
+            evaluator.restore(self.log.read())
+        wall_model = lat_model if cfg.prune_cost == "measured" else None
+        env = PruneEnv(
+            prune_step_layers(groups, table, times), evaluator, lower_bound=cfg.lower_bound,
+            channel_multiple=self.target.channel_multiple, latency_model=wall_model if cfg.wall else None,
+            budget_ms=self.budget_ms,
+        )
+        if cfg.prune_cost == "flops" and cfg.wall:  # AMC's wall on the proxy: MACs within the MACs budget
+            flops_model = LatencyModel(LayerCostModel(cmodel.layer_names, cmodel.base_macs, cmodel.exponents,
+                                                      cmodel.base_macs.astype(float)), float(self.base_macs))
+            env.latency_model = flops_model
+            env.budget_ms = evaluator.budget_macs
+        runner = StageRunner("prune", env, len(groups), self._agent_cfg(cfg.warmup_episodes), self.run_dir / "ckpt")
+        self.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes if self.resume else 0)
+        t0 = time.monotonic()
+        runner.run(cfg.prune_episodes, deadline=self.deadline, resume=self.resume)
+        self.seconds["prune_search"] = time.monotonic() - t0
+        best = evaluator.state.best
+        policy = best.policy if best else CompressionPolicy()
+        self.latency_within = lat_model.within(0.10)
+        atomic_write_text(out_file, json.dumps({
+            "policy": policy.to_dict(), "best": best.to_dict() if best else None,
+            "within_budget": evaluator.state.best_within, "candidates": evaluator.state.evaluated,
+            "failures": evaluator.state.failures, "latency_model_within": list(self.latency_within),
+            "latency_model_errors": lat_model.errors,
+        }, indent=2))
+        return policy, best
+
+    # ------------------------------------------------------------------ fine-tune
+    def _finetuned(self, policy: CompressionPolicy) -> nn.Module:
+        from hwcompress.finetune import finetune
+        from hwcompress.prune import apply_policy, load_pruned, save_pruned
+
+        path = self.run_dir / "finetuned.pt"
+        if path.exists():
+            return load_pruned(path)
+        model = apply_policy(self.base.model, policy, self.shape, channel_multiple=self.target.channel_multiple)
+        if self.cfg.finetune_epochs > 0 and policy.keep:
+            self.reporter.message(f"fine-tuning with distillation for {self.cfg.finetune_epochs} epoch(s)")
+            t0 = time.monotonic()
+            finetune(model, self.base.model, self.splits, epochs=self.cfg.finetune_epochs, seed=self.cfg.seed,
+                     checkpoint=self.run_dir / "finetune-ckpt.pt", test=False)
+            self.seconds["finetune"] = time.monotonic() - t0
+        model.eval()
+        save_pruned(model, path, meta={"policy": policy.to_dict()})
+        return model
+
+    # ------------------------------------------------------------------ stage 2
+    def _stage2(self, model: nn.Module, keep: dict[str, float]) -> tuple[CompressionPolicy, Candidate | None, Path]:
+        from hwcompress.export import export_onnx
+        from hwcompress.macs import layer_macs
+        from hwcompress.profiling.measure import measure
+        from hwcompress.prune import layer_table
+        from hwcompress.quantize import quantizable_layers
+
+        cfg = self.cfg
+        fp32 = export_onnx(model, self.shape, self.run_dir / "stage2-fp32.onnx")
+        out_file = self.run_dir / "stage2.json"
+        if out_file.exists():
+            data = json.loads(out_file.read_text())
+            best = Candidate.from_dict(data["best"]) if data.get("best") else None
+            return CompressionPolicy.from_dict(data["policy"]), best, fp32
+        if self.target.runtime == "tflite":
+            from hwcompress.search.evaluator import device_file
+
+            ref = measure(device_file(model, self.shape, self.run_dir / "stage2-fp32", self.target), self.target,
+                          cache=self.cache)
+        else:
+            ref = measure(fp32, self.target, cache=self.cache, per_node=self.target.runtime == "onnxruntime")
+        table = {la.name: la for la in layer_table(model, self.shape, strict=False)}
+        qlayers = quantizable_layers(fp32, model)
+        macs = layer_macs(model, self.shape)
+        times = layer_times_ms(list(table.values()), ref)
+        tshare = dict(zip(table, times / max(times.sum(), 1e-9), strict=True))
+        steps = []
+        for q in qlayers:
+            la = table.get(q.module)
+            steps.append(StepLayer(
+                name=q.name, kind=_kind(la) if la else "conv", in_channels=la.in_channels if la else 0,
+                out_channels=la.out_channels if la else 0, kernel=la.kernel[0] if la and la.kernel else 1,
+                stride=la.stride[0] if la and la.stride else 1, macs=macs.get(q.module, 0), params=q.params,
+                latency_share=float(tshare.get(q.module, 0.0)),
+            ))
+        evaluator = QuantEvaluator(
+            self.ctx, fp32, model=model, cost=cfg.quant_cost, budget_ms=self.budget_ms, latency_ref=ref.latency.median_ms,
+            layer_macs={q.name: macs.get(q.module, 0) for q in qlayers}, speed_weight=cfg.speed_weight,
+            base_keep=keep, calib_x=self.splits.calib.x,
+            on_candidate=lambda c, w: self.reporter.candidate("quant", evaluator.episode, c, evaluator.state.best, w),
+        )
+        if self.resume:
+            evaluator.restore(self.log.read())
+        env = QuantEnv(steps, evaluator, precisions=self.target.precisions, base_keep=keep)
+        warm = min(cfg.warmup_episodes, max(cfg.quant_episodes // 3, 1))
+        runner = StageRunner("quant", env, len(steps), self._agent_cfg(warm), self.run_dir / "ckpt")
+        self.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes if self.resume else 0)
+        t0 = time.monotonic()
+        runner.run(cfg.quant_episodes, deadline=self.deadline, resume=self.resume)
+        self.seconds["quant_search"] = time.monotonic() - t0
+        best = evaluator.state.best
+        policy = best.policy if best else CompressionPolicy(keep=keep)
+        atomic_write_text(out_file, json.dumps({
+            "policy": policy.to_dict(), "best": best.to_dict() if best else None,
+            "within_budget": evaluator.state.best_within, "candidates": evaluator.state.evaluated,
+            "failures": evaluator.state.failures, "fp32_ms": ref.latency.median_ms,
+        }, indent=2))
+        return policy, best, fp32
+
+    # ------------------------------------------------------------------ all
+    def run(self) -> SearchResult:
+        t_all = time.monotonic()
+        self._prepare()
+        cfg = self.cfg
+        prune_best = quant_best = None
+        self.latency_within: tuple[int, int] = (0, 0)
+        keep: dict[str, float] = {}
+        if "prune" in cfg.stages:
+            policy1, prune_best = self._stage1()
+            keep = dict(policy1.keep)
+        model = self._finetuned(CompressionPolicy(keep=keep)) if keep else self.base.model
+        final = CompressionPolicy(keep=keep)
+        fp32_onnx = None
+        if "quant" in cfg.stages:
+            final, quant_best, fp32_onnx = self._stage2(model, keep)
+        self.reporter.message("writing the artifact (quantize, validate, measure baseline and result)")
+        t0 = time.monotonic()
+        manifest, artifact = self._artifact(model, final)
+        self.seconds["artifact"] = time.monotonic() - t0
+        self.seconds["total"] = time.monotonic() - t_all
+        n = len(self.log.read())
+        return SearchResult(
+            run_dir=self.run_dir, artifact=artifact, manifest=manifest, baseline_ms=self.base_ms, budget_ms=self.budget_ms,
+            prune_best=prune_best, quant_best=quant_best, latency_model_within=self.latency_within,
+            seconds=dict(self.seconds), candidates=n,
+        )
+
+    def _artifact(self, model: nn.Module, policy: CompressionPolicy) -> tuple[Manifest, Path]:
+        from hwcompress.artifact import _figures, export_artifact
+
+        out = Path(self.cfg.out)
+        # The baseline is the original, unpruned fp32 model, measured and scored the same way as the result.
+        baseline = _figures(
+            self.base_file, self.target, self.splits.test, macs=self.base_macs, params=self.base_params,
+            precisions={"fp32": 1}, label=f"baseline{self.base_file.suffix}", cache=self.cache,
+            test_limit=self.cfg.test_limit,
+        )
+        manifest = export_artifact(
+            model, policy, self.target, out, calib=self.splits.calib, test=self.splits.test, baseline=baseline,
+            source_model=self.cfg.model, force=self.cfg.force or self.resume, command=self.command, seed=self.cfg.seed,
+            cache=self.cache, test_limit=self.cfg.test_limit,
+        )
+        return manifest, out

@@ -1,0 +1,236 @@
+"""Run one search stage with a stable-baselines3 agent: episodes, checkpoints, resume.
+
+After every episode the agent, its replay buffer, the random states and the stage's counters are
+checkpointed (written to temporary files and renamed), so a search killed with SIGKILL loses at
+most the episode in flight; every measured candidate is in ``search.jsonl`` and the measurement
+cache anyway.
+
+For off-policy agents the episode's transitions get the episode's final reward minus a moving
+average baseline (AMC's shaping), and the action actually taken (after the action wall) replaces
+the agent's raw action in the buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hwcompress.fsutil import atomic_write_bytes, atomic_write_text
+from hwcompress.search.agents import OFF_POLICY, AgentConfig, agent_class, decay_noise, make_agent
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageProgress:
+    """Counters persisted in the stage checkpoint."""
+
+    episodes: int = 0
+    reward_baseline: float | None = None
+    noise_sigma: float | None = None
+    finished: bool = False
+    seconds: float = 0.0
+
+
+def _rng_state() -> bytes:
+    import torch
+
+    return pickle.dumps({"np": np.random.get_state(), "py": random.getstate(), "torch": torch.get_rng_state()})
+
+
+def _set_rng_state(blob: bytes) -> None:
+    import torch
+
+    state = pickle.loads(blob)  # our own checkpoint file
+    np.random.set_state(state["np"])
+    random.setstate(state["py"])
+    torch.set_rng_state(state["torch"])
+
+
+class StageRunner:
+    """Drives ``env`` for ``episodes`` episodes (or until ``deadline``), checkpointing into ``ckpt_dir``."""
+
+    def __init__(
+        self,
+        name: str,
+        env: gym.Env[Any, Any],
+        episode_len: int,
+        agent_cfg: AgentConfig,
+        ckpt_dir: Path,
+        *,
+        on_episode: Callable[[int, dict[str, Any]], None] | None = None,
+        extra_state: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.name = name
+        self.env = env
+        self.episode_len = episode_len
+        self.cfg = agent_cfg
+        self.ckpt_dir = ckpt_dir
+        self.on_episode = on_episode
+        self.extra_state = extra_state
+        self.progress = StageProgress()
+        self.agent: BaseAlgorithm | None = None
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    # ----------------------------------------------------------------- files
+    @property
+    def _agent_file(self) -> Path:
+        return self.ckpt_dir / f"{self.name}-agent.zip"
+
+    @property
+    def _buffer_file(self) -> Path:
+        return self.ckpt_dir / f"{self.name}-buffer.pkl"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.ckpt_dir / f"{self.name}-state.json"
+
+    @property
+    def _rng_file(self) -> Path:
+        return self.ckpt_dir / f"{self.name}-rng.pkl"
+
+    def has_checkpoint(self) -> bool:
+        return self._state_file.exists() and self._agent_file.exists()
+
+    def load_progress(self) -> StageProgress:
+        if not self._state_file.exists():
+            return StageProgress()
+        data = json.loads(self._state_file.read_text())
+        return StageProgress(**data["progress"])
+
+    def saved_extra(self) -> dict[str, Any]:
+        if not self._state_file.exists():
+            return {}
+        return dict(json.loads(self._state_file.read_text()).get("extra", {}))
+
+    def checkpoint(self) -> None:
+        assert self.agent is not None
+        import io
+
+        buf = io.BytesIO()
+        self.agent.save(buf)
+        atomic_write_bytes(self._agent_file, buf.getvalue())
+        if self.cfg.name in OFF_POLICY and hasattr(self.agent, "replay_buffer"):
+            atomic_write_bytes(self._buffer_file, pickle.dumps(self.agent.replay_buffer))
+        atomic_write_bytes(self._rng_file, _rng_state())
+        state = {"progress": self.progress.__dict__, "extra": self.extra_state() if self.extra_state else {}}
+        atomic_write_text(self._state_file, json.dumps(state))
+
+    def _restore(self) -> None:
+        cls = agent_class(self.cfg.name)
+        self.agent = cls.load(str(self._agent_file), env=self.env, device="cpu")
+        if self._buffer_file.exists() and hasattr(self.agent, "replay_buffer"):
+            self.agent.replay_buffer = pickle.loads(self._buffer_file.read_bytes())  # our own checkpoint file
+        self.progress = self.load_progress()
+        if self.progress.noise_sigma is not None and getattr(self.agent, "action_noise", None) is not None:
+            self.agent.action_noise._sigma = np.full_like(self.agent.action_noise._sigma, self.progress.noise_sigma)  # type: ignore[union-attr]
+        if self._rng_file.exists():
+            _set_rng_state(self._rng_file.read_bytes())
+        log.info("%s: resumed after %d episodes", self.name, self.progress.episodes)
+
+    # ----------------------------------------------------------------- run
+    def run(self, episodes: int, deadline: float | None = None, resume: bool = False) -> StageProgress:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        if resume and self.has_checkpoint():
+            self._restore()
+        else:
+            self.agent = make_agent(self.cfg, self.env, self.episode_len)
+            self.progress = StageProgress()
+        if self.progress.finished or self.progress.episodes >= episodes:
+            self.progress.finished = True
+            return self.progress
+        runner = self
+        started = time.monotonic()
+        seconds_before = self.progress.seconds
+
+        class _Callback(BaseCallback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.effective: list[float] = []
+                self.final_reward = 0.0
+                self.stop = False
+
+            def _on_step(self) -> bool:
+                info = self.locals["infos"][0]
+                self.effective.append(float(info.get("effective_action", 0.0)))
+                if self.locals["dones"][0]:
+                    self.final_reward = float(self.locals["rewards"][0])
+                    runner.progress.episodes += 1
+                    if runner.cfg.name not in OFF_POLICY:
+                        runner._end_episode(self.final_reward, info)
+                        self.effective = []
+                    else:
+                        self._info = info
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self.stop = True
+                    if runner.progress.episodes >= episodes:
+                        self.stop = True
+                    if self.stop and runner.cfg.name not in OFF_POLICY:
+                        return False
+                return True
+
+            def _on_rollout_end(self) -> None:
+                if runner.cfg.name not in OFF_POLICY or not self.effective:
+                    return
+                runner._shape_buffer(self.effective, self.final_reward)
+                runner._end_episode(self.final_reward, getattr(self, "_info", {}))
+                self.effective = []
+
+            def _on_rollout_start(self) -> None:
+                if self.stop:
+                    raise _StopStage
+
+        assert self.agent is not None
+        remaining = (episodes - self.progress.episodes) * self.episode_len
+        try:
+            self.agent.learn(
+                total_timesteps=remaining,  # SB3 adds num_timesteps itself when not resetting
+                callback=_Callback(),
+                reset_num_timesteps=self.agent.num_timesteps == 0,
+                progress_bar=False,
+            )
+        except _StopStage:
+            pass
+        self.progress.seconds = seconds_before + (time.monotonic() - started)
+        self.progress.finished = True
+        self.checkpoint()
+        return self.progress
+
+    def _shape_buffer(self, effective: list[float], final_reward: float) -> None:
+        """AMC: every transition of the episode gets (final reward - moving baseline); real actions stored."""
+        assert self.agent is not None
+        buf = self.agent.replay_buffer  # type: ignore[attr-defined]
+        n = len(effective)
+        idx = (np.arange(buf.pos - n, buf.pos)) % buf.buffer_size
+        base = self.progress.reward_baseline
+        shaped = final_reward - (base if base is not None else final_reward)
+        buf.rewards[idx, 0] = shaped
+        buf.actions[idx, 0, 0] = np.asarray(effective, dtype=buf.actions.dtype)
+        self.progress.reward_baseline = final_reward if base is None else 0.95 * base + 0.05 * final_reward
+
+    def _end_episode(self, final_reward: float, info: dict[str, Any]) -> None:
+        assert self.agent is not None
+        warm = self.progress.episodes > self.cfg.warmup_episodes
+        if warm:
+            self.progress.noise_sigma = decay_noise(self.agent, self.cfg.noise_decay)
+        self.checkpoint()
+        if self.on_episode:
+            self.on_episode(self.progress.episodes, info)
+
+
+class _StopStage(Exception):
+    """Raised inside SB3's loop to end a stage at an episode boundary."""

@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-slow lint bench
+.PHONY: setup demo test test-slow lint bench latency-check bench-check
 
 setup:
 	bash tools/setup.sh
@@ -21,3 +21,9 @@ lint: setup
 
 bench: setup
 	$(PY) tools/bench_profiler.py
+
+latency-check: setup
+	bash tools/ci_check.sh
+
+bench-check: setup
+	$(PY) tools/bench_check.py

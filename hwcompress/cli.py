@@ -254,6 +254,34 @@ def layers(
     out.print(table)
 
 
+# --------------------------------------------------------------------------- export
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Built-in model (its cached trained baseline), package.module:factory, a pruned .pt from a search, or an .onnx")],
+    policy: Annotated[Path | None, typer.Option("--policy", help="Policy JSON: per-layer keep ratios and precisions")] = None,
+    target: TargetOpt = "x86-cpu",
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifact folder")] = Path("out/export"),
+    checkpoint: CheckpointOpt = None,
+    data: DataOpt = None,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Distillation epochs after pruning")] = 0,
+    test_limit: Annotated[int | None, typer.Option("--test-images", help="Test images for the figures (default: all)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact folder")] = False,
+    cache: CacheOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed for the data splits")] = 0,
+) -> None:
+    """Apply a policy (pruning + per-layer precision), quantize for real and write a validated artifact."""
+    from hwcompress.pipeline import export_with_policy
+
+    m = export_with_policy(
+        model, policy_file=policy, target=target, out_dir=out_dir, checkpoint=checkpoint, data=data,
+        finetune_epochs=finetune_epochs, test_limit=test_limit, force=force, cache_path=cache, seed=seed,
+        command=" ".join(["hwcompress", *sys.argv[1:]]),
+    )
+    res = type("R", (), {"manifest": m, "latency_model_within": (0, 0), "budget_ms": 0.0, "baseline_ms": 0.0,
+                         "candidates": 0, "seconds": {}, "artifact": out_dir, "run_dir": "—"})()
+    _print_search_result(res, summary=False)
+
+
 # --------------------------------------------------------------------------- search
 class _ProgressReporter:
     """Rich progress bars with best-so-far accuracy, measured latency and reward."""
@@ -310,6 +338,7 @@ def search(
     cost: Annotated[str, typer.Option("--cost", help="measured, or a proxy: flops (stage 1), bitops (stage 2), flops,bitops")] = "measured",
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Distillation epochs after stage 1")] = 1,
     val_limit: Annotated[int, typer.Option("--val-images", help="Validation images per candidate")] = 2000,
+    test_limit: Annotated[int | None, typer.Option("--test-images", help="Test images for the final figures (default: all)")] = None,
     seed: Annotated[int, typer.Option(help="Seed")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Artifact folder")] = Path("out/search"),
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where the search keeps its log and checkpoints")] = None,
@@ -342,7 +371,7 @@ def search(
                 stages=tuple(s.strip() for s in stages.split(",") if s.strip()), prune_episodes=episodes,
                 quant_episodes=quant_episodes, warmup_episodes=warmup, time_budget_s=time_budget, agent=agent,
                 score=reward, prune_cost=prune_cost, quant_cost=quant_cost, finetune_epochs=finetune_epochs,
-                val_limit=val_limit, seed=seed, out=str(out_dir), force=force,
+                val_limit=val_limit, test_limit=test_limit, seed=seed, out=str(out_dir), force=force,
             )
             rd = run_dir or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
             if rd.exists() and any(rd.iterdir()):
@@ -352,7 +381,7 @@ def search(
     _print_search_result(res)
 
 
-def _print_search_result(res: Any) -> None:
+def _print_search_result(res: Any, summary: bool = True) -> None:
     m = res.manifest
     table = Table(title=f"Baseline vs result on {m.target.name} (measured)" if m else "Search result")
     for col in ("", "baseline", "result", "ratio"):
@@ -371,6 +400,9 @@ def _print_search_result(res: Any) -> None:
         table.add_row("accuracy (test)", f"{b.accuracy * 100:.2f}%", f"{r.accuracy * 100:.2f}%", f"{(r.accuracy - b.accuracy) * 100:+.2f} pt")
         table.add_row("MACs", f"{b.macs / 1e6:.2f} M", f"{r.macs / 1e6:.2f} M", ratio(b.macs, r.macs))
     out.print(table)
+    if not summary:
+        out.print(f"artifact: {res.artifact}")
+        return
     hit, n = res.latency_model_within
     out.print(f"latency budget {res.budget_ms:.3f} ms (baseline {res.baseline_ms:.3f} ms); "
               f"{res.candidates} candidates; latency model within ±10% on {hit}/{n} unseen candidates")

@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hwcompress.errors import FileMissingError, ModelError
 from hwcompress.fsutil import atomic_write_text, sha256_file
@@ -16,7 +16,7 @@ from hwcompress.zoo import is_zoo_name
 if TYPE_CHECKING:
     from torch import nn
 
-    from hwcompress.records import Measurement
+    from hwcompress.records import Manifest, Measurement
 
 log = logging.getLogger(__name__)
 
@@ -169,4 +169,78 @@ def run_demo(
         measurement=m,
         onnx_path=onnx_path,
         figures_path=figures_path,
+    )
+
+
+def export_with_policy(
+    model: str,
+    *,
+    policy_file: Path | None,
+    target: str,
+    out_dir: Path,
+    checkpoint: str | None = None,
+    data: str | None = None,
+    finetune_epochs: int = 0,
+    test_limit: int | None = None,
+    force: bool = False,
+    cache_path: Path | None = None,
+    seed: int = 0,
+    command: str = "",
+) -> "Manifest":
+    """``hwcompress export``: model + policy -> pruned (optionally fine-tuned) -> quantized artifact."""
+    from hwcompress.artifact import _check_destination, export_artifact
+    from hwcompress.data import load_splits
+    from hwcompress.errors import PolicyError, UsageError
+    from hwcompress.profiling.cache import MeasurementCache
+    from hwcompress.records import CompressionPolicy, RecordError
+    from hwcompress.targets import load_target
+
+    tgt = load_target(target)
+    _check_destination(Path(out_dir), force)
+    policy = CompressionPolicy()
+    if policy_file is not None:
+        if not Path(policy_file).is_file():
+            raise FileMissingError(f"policy file {policy_file} does not exist")
+        try:
+            raw = json.loads(Path(policy_file).read_text())
+            if isinstance(raw, dict) and "policy" in raw and isinstance(raw["policy"], dict):
+                raw = raw["policy"]  # a search's stage1.json / stage2.json
+            policy = CompressionPolicy.from_dict(raw)
+        except (json.JSONDecodeError, RecordError) as exc:
+            raise PolicyError(f"policy file {policy_file}: {exc}") from None
+    if finetune_epochs < 0:
+        raise UsageError("--finetune-epochs must be >= 0")
+    splits = load_splits(data, seed=seed)
+    if model.endswith(".onnx"):
+        if policy.keep:
+            raise PolicyError("an .onnx model cannot be pruned here; give the PyTorch model, or a policy without keep ratios")
+        if not Path(model).is_file():
+            raise FileMissingError(f"model file {model} does not exist")
+        net: Any = model
+        teacher = None
+    elif model.endswith(".pt") and Path(model).is_file() and ":" not in model:
+        from hwcompress.prune import load_pruned
+
+        net = load_pruned(model)
+        teacher = None
+    else:
+        from hwcompress.zoo.train import ensure_baseline
+
+        teacher = ensure_baseline(model, splits, checkpoint=checkpoint).model
+        net = teacher
+    if policy.keep:
+        from hwcompress.prune import apply_policy
+
+        net = apply_policy(net, policy, (1, *splits.input_shape), channel_multiple=tgt.channel_multiple)
+        if finetune_epochs > 0:
+            from hwcompress.finetune import finetune
+
+            finetune(net, teacher, splits, epochs=finetune_epochs, seed=seed, test=False)
+        else:
+            log.warning("pruned layers are not fine-tuned (--finetune-epochs 0): expect lower accuracy")
+    if not isinstance(net, str):
+        net.eval()
+    return export_artifact(
+        net, policy, tgt, out_dir, calib=splits.calib, test=splits.test, source_model=model, force=force,
+        command=command, seed=seed, cache=MeasurementCache(cache_path), test_limit=test_limit,
     )

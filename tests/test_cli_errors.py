@@ -36,7 +36,9 @@ def _string_input_onnx(path: Path) -> None:
     inp = helper.make_tensor_value_info("text", TensorProto.STRING, [1])
     outp = helper.make_tensor_value_info("out", TensorProto.STRING, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["text"], ["out"])], "g", [inp], [outp])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what onnxruntime 1.31 reads
+    onnx.save(model, str(path))
 
 
 def test_missing_model_file(tmp_path: Path) -> None:

@@ -1,0 +1,734 @@
+"""Latency regression checks for CI: record a baseline, re-measure later, decide.
+
+``record_baseline`` measures a model ``rounds`` times (each round a fresh profiler process, cache
+bypassed) -- optionally interleaved with a *reference* model -- and returns a
+:class:`LatencyBaseline`.  ``run_check`` re-measures the same way and compares with a baseline
+file (or an artifact's ``manifest.json``), returning a :class:`CheckResult`.
+
+The decision rule (:func:`latency_verdict`)
+-------------------------------------------
+Unit of evidence: one *round* = one fresh profiler process; its statistic is the round's median
+(or p90) latency in ms.  In *reference mode* the statistic is the round's model / reference
+latency ratio, the two profiles of a round taken back to back (ABBA order, so drift within a
+round cancels); load or a faster / slower machine scales both and cancels in the ratio.
+
+* point estimate ``R = median(now) / median(baseline)`` of the per-round statistics;
+* a percentile bootstrap (rounds resampled with replacement, each side independently; seeded,
+  so deterministic) gives a ``confidence`` interval ``[lo, hi]`` of R;
+* **regression iff R > 1 + tolerance AND lo > 1.**
+
+Why both: ``R > 1 + tol`` alone fires whenever noise pushes a median over the limit (on a loaded
+2-core machine one round can be 30 % slow); ``lo > 1 + tol`` would miss real slowdowns of about
+the tolerance whenever the interval is wide.  The AND asks for a slowdown that is both *large*
+(the best estimate is over the limit) and *real* (the slowdown is significant: even the optimistic
+end of the interval is slower than the baseline).  Medians of rounds make one disturbed round
+harmless.  With n = 5 rounds the bootstrap of a median is coarse and rather *wide* (its 2.5 %
+quantile is about the smallest round), which errs towards no false alarm; a real 20 % slowdown
+at 10 % tolerance still separates because the per-round spread of the normalised ratio is a few %.
+When the evidence is mixed (R over the limit but not significant, or significant with an
+interval reaching over the limit) and ``max_rounds`` allows, the same number of rounds again is
+measured and the rule applied once more to all rounds.  A result that stays over the limit but
+not significant is reported as ``inconclusive`` (exit 0, with a warning): CI is not failed on noise.
+
+Memory: median peak memory of the rounds; regression iff it exceeds the baseline's median by more
+than ``memory_tolerance`` *and* by more than :data:`MEMORY_FLOOR_BYTES` (page-granularity noise of
+small models).  Memory does not scale with machine speed, so it is compared in absolute terms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from hwcompress.errors import ArtifactError, FileMissingError, UsageError
+from hwcompress.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from hwcompress.records import Manifest, Measurement, MeasureSettings, Record, RecordError, Target
+
+if TYPE_CHECKING:
+    from hwcompress.profiling.runner import Runner
+
+log = logging.getLogger(__name__)
+
+BASELINE_KIND = "hwcompress-latency-baseline"
+METRICS: tuple[str, ...] = ("p50", "p90")
+#: Peak-memory growth below this many bytes is never a regression (allocator / page noise).
+MEMORY_FLOOR_BYTES = 256 * 1024
+DEFAULT_CHECK_ROUNDS = 5
+DEFAULT_BASELINE_ROUNDS = 10
+MIN_ROUNDS = 3
+
+#: Per-round timing settings of check and baseline: a short profile per fresh process.  A round
+#: costs ~0.6 s of process start + ORT import and ~0.1 s of timed runs; more timed runs per round
+#: barely narrow the round-to-round spread (which is load, not sampling), more rounds do.
+CHECK_SETTINGS = MeasureSettings(
+    warmup_runs=5, min_runs=20, min_seconds=0.1, max_runs=5000, max_seconds=1.0,
+    max_cv=1.0,  # never re-profile inside a round: the rounds are the repetition
+    max_rounds=1, timeout_s=120.0,
+)
+
+
+# --------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Machine(Record):
+    """Where a baseline or check ran: host name, the profiler's device line, load averages."""
+
+    hostname: str
+    device: str
+    os: str
+    python: str
+    cpu_count: int
+    load_1min: float
+    load_5min: float
+
+    @classmethod
+    def here(cls, device: str = "") -> Machine:
+        try:
+            l1, l5, _ = os.getloadavg()
+        except OSError:
+            l1 = l5 = -1.0
+        return cls(hostname=platform.node(), device=device, os=f"{platform.system()} {platform.release()}",
+                   python=platform.python_version(), cpu_count=os.cpu_count() or 0,
+                   load_1min=round(l1, 2), load_5min=round(l5, 2))
+
+
+@dataclass(frozen=True)
+class LatencyBaseline(Record):
+    """Latency and memory of one model on one target, measured over fresh-process rounds.
+
+    ``rounds`` are the model's profiles (full statistics each); ``reference_rounds`` the
+    reference model's, interleaved with them (empty without a reference).  Summary fields are the
+    medians over rounds (ms, bytes); ``ratio_p50`` / ``ratio_p90`` the median per-round
+    model / reference ratio (0 without a reference).
+    """
+
+    SCHEMA: ClassVar[int] = 1
+
+    kind: str
+    model: str
+    model_sha256: str
+    target: Target
+    rounds: tuple[Measurement, ...]
+    machine: Machine
+    p50_ms: float
+    p90_ms: float
+    peak_memory_bytes: int
+    reference: str = ""
+    reference_sha256: str = ""
+    reference_rounds: tuple[Measurement, ...] = ()
+    ratio_p50: float = 0.0
+    ratio_p90: float = 0.0
+    created: str = ""
+    hwcompress_version: str = ""
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind != BASELINE_KIND:
+            raise RecordError(f"LatencyBaseline: kind is {self.kind!r}, expected {BASELINE_KIND!r}")
+        if not self.rounds:
+            raise RecordError("LatencyBaseline: no rounds")
+        if self.reference_rounds and len(self.reference_rounds) != len(self.rounds):
+            raise RecordError(
+                f"LatencyBaseline: {len(self.rounds)} model rounds but {len(self.reference_rounds)} reference rounds"
+            )
+
+
+@dataclass(frozen=True)
+class MetricVerdict(Record):
+    """The decision on one metric.  ``ratio`` = now / baseline with its bootstrap interval
+    [``ci_low``, ``ci_high``]; ``limit`` = 1 + tolerance; ``status``: pass | fail | inconclusive."""
+
+    name: str
+    unit: str
+    baseline: float
+    current: float
+    ratio: float
+    ci_low: float
+    ci_high: float
+    limit: float
+    status: str
+    reason: str
+    n_current: int = 0
+    n_baseline: int = 0
+
+    @property
+    def regression(self) -> bool:
+        return self.status == "fail"
+
+
+@dataclass(frozen=True)
+class CheckResult(Record):
+    """Everything one check measured and decided; ``exit_code`` 0 pass, 1 regression."""
+
+    SCHEMA: ClassVar[int] = 1
+
+    model: str
+    model_sha256: str
+    target: str
+    baseline_source: str
+    baseline_kind: str  # "baseline" (a LatencyBaseline file) or "manifest"
+    mode: str  # "reference" or "absolute"
+    metric: str
+    tolerance: float
+    memory_tolerance: float
+    confidence: float
+    latency: MetricVerdict
+    memory: MetricVerdict
+    rounds: tuple[Measurement, ...]
+    machine: Machine
+    model_changed: bool
+    reference: str = ""
+    reference_rounds: tuple[Measurement, ...] = ()
+    baseline_model_ms: float = 0.0  # the model's own latency (metric) in the baseline
+    current_model_ms: float = 0.0
+    baseline_reference_ms: float = 0.0
+    current_reference_ms: float = 0.0
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+    created: str = ""
+
+    @property
+    def regression(self) -> bool:
+        return self.latency.regression or self.memory.regression
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regression else 0
+
+
+# --------------------------------------------------------------------------- parsing helpers
+def parse_fraction(text: str, option: str = "--tolerance") -> float:
+    """``"10%"`` or ``"0.1"`` -> 0.1; UsageError for anything else or outside [0, 10]."""
+    s = text.strip()
+    try:
+        value = float(s[:-1]) / 100.0 if s.endswith("%") else float(s)
+    except ValueError:
+        raise UsageError(f"{option} {text!r} is not a fraction; write e.g. 10% or 0.1") from None
+    if not s.endswith("%") and value >= 1.0:
+        raise UsageError(f"{option} {text!r} is ambiguous; write {s}% for a percentage or a fraction below 1")
+    if not 0.0 <= value <= 10.0:
+        raise UsageError(f"{option} {text!r} is out of range; use 0% to 1000%")
+    return value
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"1,28,28"`` -> (1, 28, 28); UsageError otherwise."""
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise UsageError(f"--input-shape {text!r} is not C,H,W with three positive integers (e.g. 1,28,28)")
+    return parts[0], parts[1], parts[2]
+
+
+# --------------------------------------------------------------------------- statistics
+def bootstrap_ratio(
+    current: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    statistic: str = "median",
+    confidence: float = 0.95,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(point, low, high)`` of ``stat(current) / stat(baseline)``; percentile bootstrap.
+
+    Both samples are resampled with replacement, independently (a one-value baseline is held
+    fixed).  ``statistic``: ``median`` or ``mean``.  Deterministic for a given ``seed``.
+    """
+    import numpy as np
+
+    if not current or not baseline:
+        raise ValueError("bootstrap_ratio needs at least one value on each side")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if min(*current, *baseline) <= 0:
+        raise ValueError("bootstrap_ratio needs positive values")
+    if statistic not in ("median", "mean"):
+        raise ValueError(f"statistic must be median or mean, got {statistic!r}")
+    stat: Callable[..., Any] = np.median if statistic == "median" else np.mean
+    c = np.asarray(current, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    c_stats = stat(c[rng.integers(0, c.size, size=(resamples, c.size))], axis=1)
+    if b.size > 1:
+        b_stats = stat(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
+    else:
+        b_stats = np.full(resamples, b[0])
+    ratios = c_stats / b_stats
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    point = float(stat(c)) / float(stat(b))
+    return point, float(low), float(high)
+
+
+def latency_verdict(
+    current: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    tolerance: float,
+    name: str = "latency p50",
+    unit: str = "ms",
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> MetricVerdict:
+    """Apply the rule of the module docstring to per-round values (ms, or model/reference ratios).
+
+    fail iff ratio > 1 + tolerance and ci_low > 1; inconclusive if the ratio is over the limit
+    but not significant; else pass.
+    """
+    point, low, high = bootstrap_ratio(current, baseline, confidence=confidence, seed=seed)
+    limit = 1.0 + tolerance
+    pct = f"{100 * confidence:.0f}%"
+    span = f"{point:.3f}x the baseline ({pct} CI {low:.3f}-{high:.3f})"
+    if point > limit and low > 1.0:
+        status, reason = "fail", f"{name} is {span}: over the {limit:.2f}x limit and significantly slower"
+    elif point > limit:
+        status, reason = "inconclusive", (
+            f"{name} is {span}: over the {limit:.2f}x limit but not significantly slower (too noisy to call)")
+    elif low > 1.0:
+        status, reason = "pass", f"{name} is {span}: slower but within the {limit:.2f}x limit"
+    else:
+        status, reason = "pass", f"{name} is {span}: within the {limit:.2f}x limit"
+    return MetricVerdict(
+        name=name, unit=unit, baseline=float(statistics.median(baseline)), current=float(statistics.median(current)),
+        ratio=point, ci_low=low, ci_high=high, limit=limit, status=status, reason=reason,
+        n_current=len(current), n_baseline=len(baseline),
+    )
+
+
+def needs_more_rounds(v: MetricVerdict) -> bool:
+    """Mixed evidence: over the limit but not significant, or significant with CI over the limit."""
+    over = v.ratio > v.limit
+    significant = v.ci_low > 1.0
+    return (over and not significant) or (significant and not over and v.ci_high > v.limit)
+
+
+def memory_verdict(
+    current_bytes: Sequence[int], baseline_bytes: Sequence[int], *, tolerance: float,
+    floor_bytes: int = MEMORY_FLOOR_BYTES,
+) -> MetricVerdict:
+    """fail iff median(current) > median(baseline) * (1 + tolerance) and the growth > ``floor_bytes``."""
+    cur = float(statistics.median(current_bytes))
+    base = float(statistics.median(baseline_bytes))
+    limit = 1.0 + tolerance
+    ratio = cur / base if base > 0 else (1.0 if cur <= 0 else float("inf"))
+    mib = 2.0**20
+    text = f"peak memory {cur / mib:.2f} MiB vs {base / mib:.2f} MiB ({ratio:.3f}x)"
+    if base <= 0 and cur <= 0:
+        status, reason = "pass", "peak memory was not measured on this device"
+    elif ratio > limit and cur - base > floor_bytes:
+        status, reason = "fail", f"{text}: over the {limit:.2f}x limit"
+    elif ratio > limit:
+        status, reason = "pass", f"{text}: over {limit:.2f}x but only {(cur - base) / 1024:.0f} KiB more"
+    else:
+        status, reason = "pass", f"{text}: within the {limit:.2f}x limit"
+    return MetricVerdict(
+        name="peak memory", unit="bytes", baseline=base, current=cur, ratio=ratio, ci_low=ratio, ci_high=ratio,
+        limit=limit, status=status, reason=reason, n_current=len(current_bytes), n_baseline=len(baseline_bytes),
+    )
+
+
+def metric_values(rounds: Sequence[Measurement], metric: str) -> list[float]:
+    """Per-round latency for ``metric`` (p50 = median, p90), ms."""
+    if metric not in METRICS:
+        raise UsageError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
+    return [r.latency.median_ms if metric == "p50" else r.latency.p90_ms for r in rounds]
+
+
+def normalised(model: Sequence[Measurement], reference: Sequence[Measurement], metric: str) -> list[float]:
+    """Per-round model / reference latency ratios (or the model's ms without a reference)."""
+    m = metric_values(model, metric)
+    if not reference:
+        return m
+    r = metric_values(reference, metric)
+    return [a / b for a, b in zip(m, r, strict=True)]
+
+
+# --------------------------------------------------------------------------- models and baselines
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model argument resolved to a file; ``manifest`` when it was an artifact folder with one."""
+
+    spec: str
+    path: Path
+    manifest: Manifest | None = None
+    manifest_path: Path | None = None
+
+
+def resolve_model(
+    spec: str, target: Target, *, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
+) -> ResolvedModel:
+    """An .onnx/.tflite file, a built-in model name, ``package.module:factory`` or an artifact folder
+    (its ``model.tflite`` for tflite targets, else ``model.onnx``; ``manifest.json`` read when present)."""
+    path = Path(spec)
+    if path.is_dir():
+        name = "model.tflite" if target.runtime == "tflite" else "model.onnx"
+        model = path / name
+        if not model.is_file():
+            raise ArtifactError(f"artifact folder {path} has no {name} (for a {target.runtime} target)")
+        manifest = artifact_manifest(path)
+        return ResolvedModel(spec, model, manifest, path / "manifest.json" if manifest else None)
+    if spec.endswith(".tflite"):
+        if not path.is_file():
+            raise FileMissingError(f"model file {spec} does not exist")
+        return ResolvedModel(spec, path)
+    from hwcompress.pipeline import model_to_onnx
+
+    return ResolvedModel(spec, model_to_onnx(spec, input_shape, num_classes=num_classes))
+
+
+def artifact_manifest(folder: str | os.PathLike[str]) -> Manifest | None:
+    """The ``manifest.json`` of an artifact folder; None when ``folder`` is not a folder, has none,
+    or it is unreadable (logged as a warning)."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return Manifest.from_dict(_read_json(path))
+    except (RecordError, UsageError) as exc:
+        log.warning("%s is unreadable and is ignored: %s", path, exc)
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FileMissingError(f"{path} cannot be read ({exc.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def load_baseline(path: str | os.PathLike[str]) -> LatencyBaseline | Manifest:
+    """A baseline file written by ``hwcompress baseline``, or a manifest.json (a folder means its
+    manifest.json).  FileMissingError, UsageError or RecordError for anything else."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.json"
+    if not p.is_file():
+        raise FileMissingError(f"baseline file {p} does not exist")
+    data = _read_json(p)
+    if data.get("kind") == BASELINE_KIND:
+        return LatencyBaseline.from_dict(data)
+    if {"result", "baseline", "target"} <= set(data):
+        manifest = Manifest.from_dict(data)
+        if manifest.result.measurement is None:
+            raise UsageError(f"{p}: the manifest has no measured result to compare with")
+        return manifest
+    raise UsageError(f"{p} is neither a latency baseline (from `hwcompress baseline`) nor an artifact manifest.json")
+
+
+# --------------------------------------------------------------------------- measuring
+def round_target(target: Target, settings: MeasureSettings = CHECK_SETTINGS) -> Target:
+    """``target`` with per-round settings: one profile per fresh process, no re-measure inside."""
+    s = dataclasses.replace(settings, max_rounds=1, max_cv=max(settings.max_cv, 1.0),
+                            timeout_s=max(settings.timeout_s, target.measure.timeout_s))
+    return dataclasses.replace(target, measure=s)
+
+
+def measure_rounds(
+    model: Path,
+    target: Target,
+    rounds: int,
+    *,
+    reference: Path | None = None,
+    runner: Runner | None = None,
+    start: int = 0,
+) -> tuple[list[Measurement], list[Measurement]]:
+    """``rounds`` fresh-process profiles of ``model`` (and of ``reference``, interleaved in ABBA
+    order: round i profiles model then reference when ``start + i`` is even, else the reverse).
+    The cache is neither read nor written."""
+    from hwcompress.profiling.measure import measure
+    from hwcompress.profiling.runner import LocalRunner
+
+    runner = runner if runner is not None else LocalRunner()
+    ms: list[Measurement] = []
+    rs: list[Measurement] = []
+    for i in range(rounds):
+        if reference is None:
+            ms.append(measure(model, target, cache=None, runner=runner, force=True))
+            continue
+        if (start + i) % 2 == 0:
+            ms.append(measure(model, target, cache=None, runner=runner, force=True))
+            rs.append(measure(reference, target, cache=None, runner=runner, force=True))
+        else:
+            rs.append(measure(reference, target, cache=None, runner=runner, force=True))
+            ms.append(measure(model, target, cache=None, runner=runner, force=True))
+        log.debug("round %d: model %.3f ms, reference %.3f ms", start + i + 1, ms[-1].latency.median_ms,
+                  rs[-1].latency.median_ms)
+    return ms, rs
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _median_int(values: Sequence[int]) -> int:
+    return int(statistics.median(values))
+
+
+def record_baseline(
+    model: ResolvedModel,
+    target: Target,
+    *,
+    rounds: int = DEFAULT_BASELINE_ROUNDS,
+    reference: ResolvedModel | None = None,
+    settings: MeasureSettings = CHECK_SETTINGS,
+    runner: Runner | None = None,
+    command: str = "",
+) -> LatencyBaseline:
+    """Measure ``model`` (interleaved with ``reference`` when given) ``rounds`` times."""
+    from hwcompress import __version__
+
+    if rounds < MIN_ROUNDS:
+        raise UsageError(f"--rounds {rounds}: a baseline needs at least {MIN_ROUNDS} rounds")
+    tgt = round_target(target, settings)
+    ms, rs = measure_rounds(model.path, tgt, rounds, reference=reference.path if reference else None, runner=runner)
+    ratios = {m: statistics.median(normalised(ms, rs, m)) if rs else 0.0 for m in METRICS}
+    return LatencyBaseline(
+        kind=BASELINE_KIND,
+        model=model.spec,
+        model_sha256=sha256_file(model.path),
+        target=tgt,
+        rounds=tuple(ms),
+        machine=Machine.here(ms[0].device),
+        p50_ms=statistics.median(metric_values(ms, "p50")),
+        p90_ms=statistics.median(metric_values(ms, "p90")),
+        peak_memory_bytes=_median_int([m.peak_memory_bytes for m in ms]),
+        reference=reference.spec if reference else "",
+        reference_sha256=sha256_file(reference.path) if reference else "",
+        reference_rounds=tuple(rs),
+        ratio_p50=ratios["p50"],
+        ratio_p90=ratios["p90"],
+        created=_now(),
+        hwcompress_version=__version__,
+        command=command,
+    )
+
+
+def write_baseline(baseline: LatencyBaseline, path: str | os.PathLike[str]) -> Path:
+    """Write ``baseline`` as indented JSON, atomically."""
+    out = Path(path)
+    atomic_write_text(out, json.dumps(baseline.to_dict(), indent=1, sort_keys=False) + "\n")
+    _umask_mode(out)
+    return out
+
+
+def _umask_mode(path: Path) -> None:
+    """Give a file written through a temp file (mode 0600) the mode a plain ``open`` would (e.g. 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Knobs of :func:`run_check` (fractions: 0.1 = 10 %)."""
+
+    tolerance: float = 0.10
+    memory_tolerance: float = 0.10
+    metric: str = "p50"
+    rounds: int = DEFAULT_CHECK_ROUNDS
+    max_rounds: int = 2 * DEFAULT_CHECK_ROUNDS
+    confidence: float = 0.95
+    seed: int = 0
+    settings: MeasureSettings | None = None  # per-round settings; default: the baseline's, else CHECK_SETTINGS
+
+
+def _comparable(baseline: LatencyBaseline | Manifest, target: Target) -> list[str]:
+    """Warnings about a baseline taken with other settings; UsageError when the runtime differs."""
+    warns: list[str] = []
+    bt = baseline.target
+    if bt.runtime != target.runtime:
+        raise UsageError(f"the baseline was measured with {bt.runtime}, target {target.name} uses {target.runtime}")
+    if bt.name != target.name:
+        warns.append(f"the baseline was recorded for target {bt.name}, this check runs on {target.name}")
+    if bt.threads != target.threads:
+        warns.append(f"the baseline used {bt.threads} thread(s), target {target.name} uses {target.threads}")
+    if bt.options != target.options:
+        warns.append("the baseline's runtime options differ from the target's")
+    return warns
+
+
+def run_check(
+    model: ResolvedModel,
+    target: Target,
+    baseline: LatencyBaseline | Manifest,
+    *,
+    baseline_source: str,
+    reference: ResolvedModel | None = None,
+    options: CheckOptions | None = None,
+    runner: Runner | None = None,
+) -> CheckResult:
+    """Re-measure ``model`` (and ``reference``) and decide against ``baseline``.
+
+    Reference mode needs a :class:`LatencyBaseline` recorded with a reference; with a manifest
+    (no reference recorded) the comparison is absolute and a warning says so.  Raises UsageError
+    for incompatible inputs; profiler errors propagate.
+    """
+    opts = options or CheckOptions()
+    if opts.rounds < MIN_ROUNDS:
+        raise UsageError(f"--rounds {opts.rounds}: a check needs at least {MIN_ROUNDS} rounds")
+    if opts.metric not in METRICS:
+        raise UsageError(f"--metric {opts.metric!r}: choose one of {', '.join(METRICS)}")
+    t0 = time.perf_counter()
+    warns = _comparable(baseline, target)
+
+    if isinstance(baseline, LatencyBaseline):
+        kind = "baseline"
+        base_rounds, base_ref = list(baseline.rounds), list(baseline.reference_rounds)
+        base_sha = baseline.model_sha256
+        settings = opts.settings or baseline.target.measure
+    else:
+        kind = "manifest"
+        assert baseline.result.measurement is not None
+        base_rounds, base_ref = [baseline.result.measurement], []
+        base_sha = baseline.result.measurement.model_sha256
+        settings = opts.settings or CHECK_SETTINGS
+        warns.append("the manifest records no reference measurement, so latency is compared in absolute terms; "
+                     "reference mode is more robust (record one with `hwcompress baseline --reference`)")
+        if reference is not None:
+            warns.append("--reference is ignored with a manifest baseline")
+            reference = None
+    if reference is not None and not base_ref:
+        raise UsageError(f"{baseline_source} was recorded without a reference model; record it again with "
+                         "--reference, or check without --reference")
+    if reference is None and base_ref:
+        warns.append("the baseline has reference rounds but no --reference was given: comparing absolute latency")
+        base_ref = []
+    if reference is not None and isinstance(baseline, LatencyBaseline):
+        ref_sha = sha256_file(reference.path)
+        if ref_sha != baseline.reference_sha256:
+            warns.append(f"the reference model differs from the baseline's (sha256 {ref_sha[:12]} != "
+                         f"{baseline.reference_sha256[:12]}); ratios compare only if it is the same network")
+    tgt = round_target(target, settings)
+    model_sha = sha256_file(model.path)
+    ref_path = reference.path if reference else None
+    base_values = normalised(base_rounds, base_ref, opts.metric)
+    mode = "reference" if ref_path else "absolute"
+    name = f"latency {opts.metric}" + (" (model/reference)" if ref_path else "")
+
+    ms, rs = measure_rounds(model.path, tgt, opts.rounds, reference=ref_path, runner=runner)
+    verdict = latency_verdict(normalised(ms, rs, opts.metric), base_values, tolerance=opts.tolerance, name=name,
+                              unit="ratio" if ref_path else "ms", confidence=opts.confidence, seed=opts.seed)
+    while needs_more_rounds(verdict) and len(ms) < opts.max_rounds:
+        more = min(opts.rounds, opts.max_rounds - len(ms))
+        log.info("%s: mixed evidence after %d rounds; measuring %d more", verdict.name, len(ms), more)
+        m2, r2 = measure_rounds(model.path, tgt, more, reference=ref_path, runner=runner, start=len(ms))
+        ms, rs = ms + m2, rs + r2
+        verdict = latency_verdict(normalised(ms, rs, opts.metric), base_values, tolerance=opts.tolerance, name=name,
+                                  unit="ratio" if ref_path else "ms", confidence=opts.confidence, seed=opts.seed)
+    if verdict.status == "inconclusive":
+        warns.append(f"{verdict.reason}; not failing the check on noise — re-run on a quieter machine or with more --rounds")
+    mem = memory_verdict([m.peak_memory_bytes for m in ms], [m.peak_memory_bytes for m in base_rounds],
+                         tolerance=opts.memory_tolerance)
+    base_device = base_rounds[0].device
+    if mode == "absolute" and base_device != ms[0].device:
+        warns.append(f"absolute latency compared across machines: the baseline ran on '{base_device}', this check "
+                     f"on '{ms[0].device}'; use --reference to cancel machine speed")
+    for w in warns:
+        log.warning("%s", w)
+    return CheckResult(
+        model=model.spec,
+        model_sha256=model_sha,
+        target=target.name,
+        baseline_source=baseline_source,
+        baseline_kind=kind,
+        mode=mode,
+        metric=opts.metric,
+        tolerance=opts.tolerance,
+        memory_tolerance=opts.memory_tolerance,
+        confidence=opts.confidence,
+        latency=verdict,
+        memory=mem,
+        rounds=tuple(ms),
+        machine=Machine.here(ms[0].device if ms else ""),
+        model_changed=model_sha != base_sha,
+        reference=reference.spec if reference else "",
+        reference_rounds=tuple(rs),
+        baseline_model_ms=float(statistics.median(metric_values(base_rounds, opts.metric))),
+        current_model_ms=float(statistics.median(metric_values(ms, opts.metric))),
+        baseline_reference_ms=float(statistics.median(metric_values(base_ref, opts.metric))) if base_ref else 0.0,
+        current_reference_ms=float(statistics.median(metric_values(rs, opts.metric))) if rs else 0.0,
+        warnings=tuple(warns),
+        seconds=time.perf_counter() - t0,
+        created=_now(),
+    )
+
+
+# --------------------------------------------------------------------------- JUnit
+def junit_xml(result: CheckResult) -> bytes:
+    """JUnit XML: ``<testsuites>`` holding one ``<testsuite>`` with a testcase per metric
+    (latency, memory); a regression is a ``<failure>``, an inconclusive latency a ``<system-err>`` note."""
+    import xml.etree.ElementTree as ET
+
+    cases = (result.latency, result.memory)
+    failures = sum(v.regression for v in cases)
+    suite_name = f"hwcompress check {Path(result.model).name} on {result.target}"
+    root = ET.Element("testsuites", name="hwcompress check", tests=str(len(cases)), failures=str(failures),
+                      errors="0", time=f"{result.seconds:.3f}")
+    suite = ET.SubElement(root, "testsuite", name=suite_name, tests=str(len(cases)), failures=str(failures),
+                          errors="0", skipped="0", time=f"{result.seconds:.3f}", timestamp=result.created,
+                          hostname=result.machine.hostname)
+    props = ET.SubElement(suite, "properties")
+    for key, val in (("model", result.model), ("model_sha256", result.model_sha256), ("target", result.target),
+                 ("baseline", result.baseline_source), ("mode", result.mode), ("metric", result.metric),
+                 ("reference", result.reference), ("rounds", str(len(result.rounds))),
+                 ("tolerance", f"{result.tolerance:g}"), ("memory_tolerance", f"{result.memory_tolerance:g}"),
+                 ("device", result.machine.device), ("load_1min", f"{result.machine.load_1min:g}")):
+        ET.SubElement(props, "property", name=key, value=val)
+    per_case = result.seconds / len(cases)
+    classname = f"hwcompress.check.{result.target}"
+    for v in cases:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=f"{v.name} {Path(result.model).name}",
+                             time=f"{per_case:.3f}")
+        if v.regression:
+            fail = ET.SubElement(case, "failure", message=v.reason, type="LatencyRegression"
+                                 if v is result.latency else "MemoryRegression")
+            fail.text = _case_details(result, v)
+        else:
+            out = ET.SubElement(case, "system-out")
+            out.text = _case_details(result, v)
+            if v.status == "inconclusive":
+                ET.SubElement(case, "system-err").text = v.reason
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def _case_details(result: CheckResult, v: MetricVerdict) -> str:
+    fmt = "{:.0f}" if v.unit == "bytes" else "{:.6g}"
+    lines = [v.reason, f"baseline {fmt.format(v.baseline)} {v.unit}, now {fmt.format(v.current)} {v.unit}, "
+                       f"ratio {v.ratio:.4f} [{v.ci_low:.4f}, {v.ci_high:.4f}], limit {v.limit:.4f}, "
+                       f"rounds {v.n_current} now / {v.n_baseline} baseline"]
+    if v is result.latency and result.mode == "reference":
+        lines.append(f"model {result.baseline_model_ms:.4f} -> {result.current_model_ms:.4f} ms, reference "
+                     f"{result.baseline_reference_ms:.4f} -> {result.current_reference_ms:.4f} ms")
+    lines += [f"warning: {w}" for w in result.warnings]
+    return "\n".join(lines)
+
+
+def write_junit(result: CheckResult, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`junit_xml` atomically after checking that it parses back."""
+    import xml.etree.ElementTree as ET
+
+    data = junit_xml(result)
+    ET.fromstring(data)  # never publish a report CI cannot read
+    out = Path(path)
+    atomic_write_bytes(out, data)
+    _umask_mode(out)
+    return out

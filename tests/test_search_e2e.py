@@ -1,0 +1,95 @@
+"""A real, short search through the CLI on x86-cpu: measured candidates, an artifact, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _search_args(inputs: dict[str, Path], tmp: Path, run: str, episodes: int, quant: int) -> list[str]:
+    return [
+        sys.executable, "-m", "hwcompress", "search", "--target", "x86-cpu", "--model", "resnet-20",
+        "--checkpoint", str(inputs["checkpoint"]), "--data", str(inputs["data"]),
+        "--episodes", str(episodes), "--quant-episodes", str(quant), "--warmup", "2", "--finetune-epochs", "1",
+        "--val-images", "200", "--test-images", "300", "--out", str(tmp / f"{run}-artifact"),
+        "--run-dir", str(tmp / run), "--cache", str(tmp / "cache.sqlite"),
+    ]
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "HWCOMPRESS_CACHE": str(tmp / "hw-cache")}
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) -> None:
+    res = subprocess.run(_search_args(search_inputs, tmp_path, "run", 4, 3), capture_output=True, text=True,
+                         timeout=900, env=_env(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    art = tmp_path / "run-artifact"
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert (art / "model.onnx").is_file() and (art / "report.html").is_file()
+    assert manifest["baseline"]["measurement"]["latency"]["median_ms"] > 0
+    assert manifest["result"]["measurement"]["latency"]["median_ms"] > 0
+    lines = _lines(tmp_path / "run" / "search.jsonl")
+    stages = [ln["stage"] for ln in lines]
+    assert stages.count("prune") >= 1 and stages.count("quant") >= 1
+    for ln in lines:
+        if not ln["error"]:
+            assert ln["measurement"]["latency"]["n"] > 0  # every candidate was measured on the target
+    digests = [json.dumps(ln["policy"], sort_keys=True) for ln in lines]
+    assert len(digests) == len(set(digests))  # an identical candidate is never measured twice
+    assert "Baseline vs result" in res.stdout and "artifact:" in res.stdout
+    # the result's policy is the one the search found
+    s1 = json.loads((tmp_path / "run" / "stage1.json").read_text())
+    assert manifest["policy"]["keep"] == s1["policy"]["keep"]
+
+
+def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) -> None:
+    args = _search_args(search_inputs, tmp_path, "kill", 7, 2)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(tmp_path),
+                            start_new_session=True)
+    log = tmp_path / "kill" / "search.jsonl"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and len(_lines(log)) < 3:
+            if proc.poll() is not None:
+                pytest.fail("search ended before it could be killed")
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    before = _lines(log)
+    assert len(before) >= 3
+    ckpt_state = json.loads((tmp_path / "kill" / "ckpt" / "prune-state.json").read_text())
+    done = ckpt_state["progress"]["episodes"]
+    assert done >= len(before) - 1  # at most the episode in flight is lost
+
+    res = subprocess.run([sys.executable, "-m", "hwcompress", "search", "--resume", str(tmp_path / "kill"),
+                          "--cache", str(tmp_path / "cache.sqlite")],
+                         capture_output=True, text=True, timeout=900, env=_env(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = _lines(log)
+    prune = [ln for ln in after if ln["stage"] == "prune"]
+    # the measured candidates from before the kill are all still there, none measured again
+    assert after[: len(before)] == before
+    episodes = [ln["episode"] for ln in prune]
+    assert max(episodes) <= 7 and episodes == sorted(episodes)
+    assert (tmp_path / "kill-artifact" / "manifest.json").is_file()

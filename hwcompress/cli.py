@@ -100,6 +100,28 @@ def targets_show(name: Annotated[str, typer.Argument(help="Target name or .toml 
     out.print_json(json.dumps(load_target(name).to_dict()))
 
 
+@targets_app.command("check")
+def targets_check(
+    name: Annotated[str, typer.Argument(help="Target name or .toml path")],
+    host: Annotated[str | None, typer.Option("--host", help="Override the SSH host")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Override the SSH port")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Override the SSH user")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Override the SSH key file")] = None,
+    remote_python: Annotated[str | None, typer.Option("--remote-python", help="Python on the device")] = None,
+    known_hosts: Annotated[str | None, typer.Option("--known-hosts", help="known_hosts file to verify the device")] = None,
+    trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="Add an unknown host key to known_hosts")] = False,
+) -> None:
+    """Connect to the target and report Python, runtime and version, CPU/GPU, free disk (exit 1 if unusable)."""
+    from hwcompress.device_check import check_device, format_report
+    from hwcompress.targets import load_target
+
+    tgt = load_target(name, host=host, port=port, user=user, key=key, python=remote_python, known_hosts=known_hosts)
+    report = check_device(tgt, trust_new_host=trust_new_host)
+    out.print(format_report(report), markup=False, highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 # --------------------------------------------------------------------------- training
 @app.command()
 def train(
@@ -202,26 +224,51 @@ def demo(
     model: Annotated[str, typer.Option("--model", "-m", help="Built-in model")] = "vgg-small",
     data: DataOpt = None,
     target: TargetOpt = "x86-cpu",
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the exported model and figures")] = Path("out/demo"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Demo artifact folder (a previous demo artifact there is replaced)")] = Path("out/demo"),
+    episodes: Annotated[int, typer.Option("--episodes", help="Stage-1 episodes")] = 40,
+    quant_episodes: Annotated[int, typer.Option("--quant-episodes", help="Stage-2 episodes")] = 20,
+    baseline_only: Annotated[bool, typer.Option("--baseline-only", help="Only train (cached), export and profile the baseline")] = False,
     cache: CacheOpt = None,
 ) -> None:
-    """The embedded default job: baseline (trained once, cached) -> ONNX -> measured on the target."""
+    """The embedded default job: the two-stage search on the demo model, Fashion-MNIST, local CPU.
+
+    The baseline is trained once and cached; the search measures every candidate on the target,
+    fine-tunes the best pruned model with distillation, picks per-layer precisions and writes a
+    validated artifact.
+    """
     from hwcompress.pipeline import run_demo
 
-    res = run_demo(model=model, data=data, target=target, out_dir=out_dir, cache_path=cache)
-    rows: list[tuple[str, Any]] = [
-        ("model", res.model),
-        ("data", res.data_source),
-        ("test accuracy (PyTorch)", f"{res.test_accuracy * 100:.2f}%"),
-        ("test accuracy (ONNX on the runtime)", f"{res.onnx_test_accuracy * 100:.2f}%"),
-        ("training", "cached checkpoint" if res.from_cache else f"{res.train_seconds:.0f} s"),
-        ("MACs", f"{res.macs / 1e6:.1f} M"),
-        ("parameters", f"{res.params / 1e3:.1f} k"),
-        *_measurement_rows(res.measurement),
-        ("ONNX", str(res.onnx_path)),
-        ("figures", str(res.figures_path)),
-    ]
-    out.print(_measurement_table(f"{res.model} on {res.target} (baseline, measured)", rows))
+    if baseline_only:
+        res = run_demo(model=model, data=data, target=target, out_dir=out_dir, cache_path=cache)
+        rows: list[tuple[str, Any]] = [
+            ("model", res.model),
+            ("data", res.data_source),
+            ("test accuracy (PyTorch)", f"{res.test_accuracy * 100:.2f}%"),
+            ("test accuracy (ONNX on the runtime)", f"{res.onnx_test_accuracy * 100:.2f}%"),
+            ("training", "cached checkpoint" if res.from_cache else f"{res.train_seconds:.0f} s"),
+            ("MACs", f"{res.macs / 1e6:.1f} M"),
+            ("parameters", f"{res.params / 1e3:.1f} k"),
+            *_measurement_rows(res.measurement),
+            ("ONNX", str(res.onnx_path)),
+            ("figures", str(res.figures_path)),
+        ]
+        out.print(_measurement_table(f"{res.model} on {res.target} (baseline, measured)", rows))
+        return
+    from hwcompress.artifact import read_manifest
+
+    if out_dir.exists():
+        try:  # replace only a previous demo artifact, never a folder the user made
+            read_manifest(out_dir)
+        except HwcompressError:
+            raise UsageError(f"{out_dir} exists and is not a hwcompress artifact; choose another --out") from None
+    search(
+        target=target, model=model, checkpoint=None, data=data, latency_budget="0.5x", size_budget=None,
+        memory_budget=None, stages="prune,quant", episodes=episodes, quant_episodes=quant_episodes, warmup=10,
+        time_budget=None, agent="ddpg", reward="accuracy", cost="measured", finetune_epochs=1, val_limit=2000,
+        test_limit=None, seed=0, out_dir=out_dir, run_dir=Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"),
+        resume=None, force=True, cache=cache, host=None, port=None, user=None, key=None, remote_python=None,
+        known_hosts=None, trust_new_host=False,
+    )
 
 
 # --------------------------------------------------------------------------- layers
@@ -349,6 +396,9 @@ def search(
     port: Annotated[int | None, typer.Option("--port", help="Override the target's SSH port")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Override the target's SSH user")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Override the target's SSH key file")] = None,
+    remote_python: Annotated[str | None, typer.Option("--remote-python", help="Python on the device")] = None,
+    known_hosts: Annotated[str | None, typer.Option("--known-hosts", help="known_hosts file to verify the device")] = None,
+    trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="Add an unknown host key to known_hosts (says so)")] = False,
 ) -> None:
     """Two-stage DRL search with latency measured on the target; writes an artifact."""
     from hwcompress.search.run import Search, SearchConfig
@@ -364,7 +414,8 @@ def search(
             unknown = [c for c in costs if c not in ("measured", "flops", "bitops")]
             if unknown:
                 raise UsageError(f"--cost {cost}: use measured, flops, bitops or flops,bitops")
-            connection = {k: v for k, v in {"host": host, "port": port, "user": user, "key": key}.items() if v is not None}
+            connection = {k: v for k, v in {"host": host, "port": port, "user": user, "key": key, "python": remote_python,
+                                            "known_hosts": known_hosts}.items() if v is not None}
             cfg = SearchConfig(
                 model=model, checkpoint=checkpoint, data=data, target=target, connection=connection,
                 latency_budget=latency_budget, size_budget=size_budget, memory_budget=memory_budget,
@@ -377,6 +428,7 @@ def search(
             if rd.exists() and any(rd.iterdir()):
                 raise UsageError(f"run folder {rd} is not empty; use --resume {rd} to continue it or choose --run-dir")
             s = Search(cfg, rd, reporter=rep, cache_path=cache, command=command)
+        s.trust_new_host = trust_new_host
         res = s.run()
     _print_search_result(res)
 

@@ -190,7 +190,7 @@ class Target(Record):
             "threads": self.threads,
             "options": self.options.to_dict(with_schema=False),
             "measure": self.measure.to_dict(with_schema=False),
-            "host": self.connection.host if self.connection.kind == "ssh" else "local",
+            "host": f"{self.connection.host}:{self.connection.port}" if self.connection.kind == "ssh" else "local",
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -125,8 +125,8 @@ def test_failures_are_one_line(target: Target, models: dict[str, Path], tmp_path
     with pytest.raises(ModelError) as info:
         measure(bad, target)
     assert "cannot load model" in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(ProfilerError, match="no profiler for runtime 'tflite'"):
-        measure(models["resnet-20"], dataclasses.replace(target, runtime="tflite"))
+    with pytest.raises(ProfilerError, match="no profiler for runtime 'coreml'"):
+        measure(models["resnet-20"], dataclasses.replace(target, runtime="coreml"))
 
 
 def _fake_profilers(tmp_path: Path, body: str) -> Path:

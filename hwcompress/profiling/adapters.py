@@ -130,3 +130,7 @@ def adapter_names() -> list[str]:
 
 
 register_adapter(OrtAdapter())
+
+
+# The TFLite and TensorRT adapters register themselves on import.
+import hwcompress.profiling.runtimes  # noqa: E402,F401

@@ -21,8 +21,9 @@ from typing import Any
 from hwcompress.errors import FileMissingError, ModelError, ProfilerError
 from hwcompress.fsutil import sha256_file
 from hwcompress.profiling.adapters import ProfilerAdapter, get_adapter
+from hwcompress.profiling.remote import runner_for
 from hwcompress.profiling.cache import CacheKey, MeasurementCache
-from hwcompress.profiling.runner import LocalRunner, Runner
+from hwcompress.profiling.runner import Runner
 from hwcompress.records import LatencyStats, Measurement, RecordError, Target
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def measure(
         raise FileMissingError(f"model file {model} does not exist")
     adapter = get_adapter(target.runtime)
     adapter.check_model(model)
-    runner = runner if runner is not None else LocalRunner()
+    runner = runner if runner is not None else runner_for(target)
     sha = sha256_file(model)
     key = CacheKey(sha, target.settings_digest(), adapter.profiler_version())
     if cache is not None and not force:
@@ -206,7 +207,7 @@ def probe(target: Target, runner: Runner | None = None, timeout_s: float | None 
     profiler's JSON (runtime_version, device, device_info, providers, profiler_version).
     Raises ProfilerError / ProfilerTimeout with the reason on one line."""
     adapter = get_adapter(target.runtime)
-    runner = runner if runner is not None else LocalRunner()
+    runner = runner if runner is not None else runner_for(target)
     stdout = runner.run(adapter.script, adapter.probe_args(target), [], timeout_s or target.measure.timeout_s)
     result = parse_json(adapter.script, stdout)
     if not result.get("ok"):
@@ -226,5 +227,5 @@ def measure_many(
     force: bool = False,
 ) -> list[Measurement]:
     """:func:`measure` each model in turn (never in parallel: profiles would disturb each other)."""
-    runner = runner if runner is not None else LocalRunner()
+    runner = runner if runner is not None else runner_for(target)
     return [measure(p, target, cache=cache, runner=runner, per_node=per_node, force=force) for p in paths]

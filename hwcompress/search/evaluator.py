@@ -385,6 +385,11 @@ class QuantEvaluator:
                 from hwcompress.quantize import quantize_onnx
 
                 q_path = quantize_onnx(self.fp32_onnx, stem.with_suffix(".onnx"), policy, self.calib_x, self.ctx.target)
+                if self.ctx.target.runtime == "tensorrt":  # per-layer precision constraints for the engine builder
+                    from hwcompress.fsutil import atomic_write_text
+                    from hwcompress.profiling.runtimes import precision_sidecar
+
+                    atomic_write_text(precision_sidecar(q_path), policy.to_json())
             size = float(q_path.stat().st_size)
             measurement: Measurement | None = None
             if self.cost == "measured":

@@ -157,38 +157,63 @@ def _kind(info: LayerInfo) -> str:
     return {"dwconv": "depthwise", "linear": "linear"}.get(info.kind, "conv")
 
 
-def node_module(node_name: str) -> str:
-    """Torch module name from an ORT node name such as ``/features/features.0/features.0.0/Conv``."""
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+_SUFFIXES = ("_nchwc", "_nhwc")
+
+
+def attribute_nodes(onnx_path: Path, node_us: dict[str, float]) -> dict[str, float]:
+    """Sum per-node times (us) onto the torch module of the weight layer each node computes.
+
+    ONNX Runtime renames fused nodes after their output tensor (``/layers/layers.0/relu/Relu_output_0_nchwc``
+    is conv1 + its ReLU); the tensor is traced back through the original graph to the Conv/Gemm that
+    produced it. Nodes that lead to no weight layer (pools, reorders) are left out.
+    """
+    import onnx
+
     from hwcompress.quantize import module_name_from_node
 
-    return module_name_from_node(node_name)
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    by_name = {node.name: node for node in graph.node}
+    result: dict[str, float] = {}
+    for name, us in node_us.items():
+        node = by_name.get(name)
+        if node is None:
+            tensor = name
+            for suffix in _SUFFIXES:
+                tensor = tensor.removesuffix(suffix)
+            node = producer.get(tensor)
+        hops = 0
+        while node is not None and node.op_type not in WEIGHT_OPS and hops < 6:
+            node = producer.get(node.input[0]) if node.input else None
+            hops += 1
+        if node is None or node.op_type not in WEIGHT_OPS:
+            continue
+        module = module_name_from_node(node.name)
+        if module:
+            result[module] = result.get(module, 0.0) + us
+    return result
 
 
-def layer_times_ms(table: list[LayerInfo], baseline: Measurement) -> np.ndarray:
+def layer_times_ms(table: list[LayerInfo], baseline: Measurement, onnx_path: Path | None = None) -> np.ndarray:
     """Per-layer share of the baseline's measured latency (ms), from per-node profiling.
 
-    Nodes map to layers through their module scope; a layer without a timed node gets a MACs
-    share of the time no node explains. Without per-node data, MACs shares of 90% of the latency.
+    Per-node times are scaled so that they add up to the measured median (profiling adds overhead);
+    the time of nodes that belong to no weight layer is spread over the layers by their MACs.
+    Without per-node data (runtimes other than ONNX Runtime): MACs shares of the latency.
     """
     names = [la.name for la in table]
     macs = np.array([la.macs for la in table], dtype=np.float64)
     total_ms = baseline.latency.median_ms
     node_us = dict(baseline.per_node_us or {})
-    if not node_us:
-        return 0.9 * total_ms * macs / max(macs.sum(), 1.0)
-    per_layer = dict.fromkeys(names, 0.0)
-    for node, us in node_us.items():
-        mod = node_module(node)
-        if mod in per_layer:
-            per_layer[mod] += us
-    timed = np.array([per_layer[n] for n in names]) / 1000.0
-    all_nodes_ms = sum(node_us.values()) / 1000.0
-    scale = total_ms / all_nodes_ms if all_nodes_ms > 0 else 1.0  # per-node timing adds overhead
-    timed = timed * scale
-    missing = timed == 0
-    if missing.any():
-        leftover = max(total_ms - timed.sum(), 0.0) * 0.5
-        timed[missing] = leftover * macs[missing] / max(macs[missing].sum(), 1.0)
+    if not node_us or onnx_path is None:
+        return total_ms * macs / max(macs.sum(), 1.0)
+    per_layer = attribute_nodes(onnx_path, node_us)
+    all_us = sum(node_us.values())
+    scale = total_ms / (all_us / 1000.0) if all_us > 0 else 1.0
+    timed = np.array([per_layer.get(n, 0.0) for n in names]) / 1000.0 * scale
+    leftover = max(total_ms - timed.sum(), 0.0)
+    timed += leftover * macs / max(macs.sum(), 1.0)
     return timed
 
 
@@ -250,6 +275,7 @@ class Search:
         self.cache_path = cache_path
         self.command = command
         self.seconds: dict[str, float] = {}
+        self.trust_new_host = False
 
     @classmethod
     def resume_from(cls, run_dir: Path, **kwargs: Any) -> Search:
@@ -281,6 +307,10 @@ class Search:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.target: Target = load_target(cfg.target, **cfg.connection)
+        if self.target.connection.kind == "ssh":
+            from hwcompress.profiling.remote import runner_for
+
+            runner_for(self.target, trust_new_host=self.trust_new_host)  # one pooled connection for the search
         self.splits: DataSplits = load_splits(cfg.data, seed=cfg.seed)
         self.base = ensure_baseline(cfg.model, self.splits, checkpoint=cfg.checkpoint)
         self.base.model.eval()
@@ -331,7 +361,7 @@ class Search:
             return CompressionPolicy.from_dict(data["policy"]), best
         groups = prunable_groups(self.base.model, self.shape)
         table = layer_table(self.base.model, self.shape)
-        times = layer_times_ms(table, self.base_measurement)
+        times = layer_times_ms(table, self.base_measurement, self.base_onnx)
         cmodel = cost_model(groups, table, times)
         lat_model = LatencyModel(cmodel, self.base_ms)
         evaluator = PruneEvaluator(
@@ -355,6 +385,8 @@ class Search:
             env.latency_model = flops_model
             env.budget_ms = evaluator.budget_macs
         runner = StageRunner("prune", env, len(groups), self._agent_cfg(cfg.warmup_episodes), self.run_dir / "ckpt")
+        if self.resume:  # the agent resumes after its last checkpointed episode; number candidates from there
+            evaluator.episode = runner.load_progress().episodes
         self.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes if self.resume else 0)
         t0 = time.monotonic()
         runner.run(cfg.prune_episodes, deadline=self.deadline, resume=self.resume)
@@ -414,7 +446,7 @@ class Search:
         table = {la.name: la for la in layer_table(model, self.shape, strict=False)}
         qlayers = quantizable_layers(fp32, model)
         macs = layer_macs(model, self.shape)
-        times = layer_times_ms(list(table.values()), ref)
+        times = layer_times_ms(list(table.values()), ref, fp32)
         tshare = dict(zip(table, times / max(times.sum(), 1e-9), strict=True))
         steps = []
         for q in qlayers:
@@ -436,6 +468,8 @@ class Search:
         env = QuantEnv(steps, evaluator, precisions=self.target.precisions, base_keep=keep)
         warm = min(cfg.warmup_episodes, max(cfg.quant_episodes // 3, 1))
         runner = StageRunner("quant", env, len(steps), self._agent_cfg(warm), self.run_dir / "ckpt")
+        if self.resume:
+            evaluator.episode = runner.load_progress().episodes
         self.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes if self.resume else 0)
         t0 = time.monotonic()
         runner.run(cfg.quant_episodes, deadline=self.deadline, resume=self.resume)

@@ -139,10 +139,11 @@ def train(
     from hwcompress.zoo.train import default_config, ensure_baseline
 
     splits = load_splits(data, seed=seed)
-    cfg = default_config(model)
-    cfg = dataclasses.replace(cfg, seed=seed, **({"epochs": epochs} if epochs else {}))
     if epochs is not None and epochs < 1:
         raise UsageError("--epochs must be at least 1")
+    cfg = dataclasses.replace(default_config(model), seed=seed)
+    if epochs is not None:
+        cfg = dataclasses.replace(cfg, epochs=epochs)
     base = ensure_baseline(model, splits, cfg=cfg, checkpoint=checkpoint, force=force)
     src = "cached checkpoint" if base.from_cache else f"trained in {base.train_seconds:.0f} s"
     out.print(
@@ -215,7 +216,7 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
         parts = ()
     if len(parts) != 3 or min(parts) < 1:
         raise UsageError(f"--input-shape {text!r} is not C,H,W with three positive integers (e.g. 1,28,28)")
-    return parts  # type: ignore[return-value]
+    return (parts[0], parts[1], parts[2])
 
 
 # --------------------------------------------------------------------------- demo

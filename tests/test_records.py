@@ -12,8 +12,8 @@ from hwcompress.records import (
     LatencyStats,
     LayerInfo,
     Manifest,
-    MeasureSettings,
     Measurement,
+    MeasureSettings,
     ModelFigures,
     RecordError,
     Target,
@@ -77,7 +77,7 @@ def test_every_shipped_target_round_trips() -> None:
 def test_unknown_key_and_schema_refused() -> None:
     data = _measurement().to_dict()
     data["latencyy"] = 1
-    with pytest.raises(RecordError, match="unknown key.*latencyy"):
+    with pytest.raises(RecordError, match=r"unknown key.*latencyy"):
         Measurement.from_dict(data)
     data = _measurement().to_dict()
     data["schema"] = 99
@@ -92,7 +92,7 @@ def test_wrong_type_and_missing_key() -> None:
         Measurement.from_dict(data)
     data = _measurement().to_dict()
     del data["model_sha256"]
-    with pytest.raises(RecordError, match="missing required key.*model_sha256"):
+    with pytest.raises(RecordError, match=r"missing required key.*model_sha256"):
         Measurement.from_dict(data)
 
 

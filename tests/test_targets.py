@@ -62,7 +62,7 @@ def test_bad_files(tmp_path: Path, text: str, pattern: str) -> None:
 
 
 def test_unknown_target_lists_known() -> None:
-    with pytest.raises(TargetError, match="unknown target 'jetson-nanoo'.*jetson-nano"):
+    with pytest.raises(TargetError, match=r"unknown target 'jetson-nanoo'.*jetson-nano"):
         load_target("jetson-nanoo")
 
 

@@ -42,7 +42,7 @@ from hwcompress.profiling.runner import LocalRunner, Runner, check_exit, stderr_
 from hwcompress.records import Connection, Target
 
 if TYPE_CHECKING:
-    import paramiko  # type: ignore[import-untyped]
+    import paramiko
 
 log = logging.getLogger(__name__)
 
@@ -600,7 +600,7 @@ def _describe(exc: BaseException, timeout_s: float) -> str:
 def _host_key_policy(known_hosts: Path, trust_new_host: bool) -> Any:
     """A paramiko policy for unknown hosts: refuse with HostKeyError, or add and save the key."""
     import paramiko
-    from paramiko.hostkeys import HostKeyEntry  # type: ignore[import-untyped]
+    from paramiko.hostkeys import HostKeyEntry
 
     class _Policy(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:

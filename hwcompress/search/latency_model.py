@@ -104,12 +104,12 @@ class LatencyModel:
         """(number of unseen candidates predicted within ``tolerance``, number predicted)."""
         return sum(abs(e) <= tolerance for e in self.errors), len(self.errors)
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> dict[str, list[float]]:
         return {"x": list(self._x), "y": list(self._y), "errors": list(self.errors)}
 
-    def load_state(self, state: dict[str, object]) -> None:
-        self._x = [float(v) for v in state.get("x", [])]  # type: ignore[union-attr]
-        self._y = [float(v) for v in state.get("y", [])]  # type: ignore[union-attr]
-        self.errors = [float(v) for v in state.get("errors", [])]  # type: ignore[union-attr]
+    def load_state(self, state: dict[str, list[float]]) -> None:
+        self._x = [float(v) for v in state.get("x", [])]
+        self._y = [float(v) for v in state.get("y", [])]
+        self.errors = [float(v) for v in state.get("errors", [])]
         if self._x:
             self._fit()

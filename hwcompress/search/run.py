@@ -276,6 +276,7 @@ class Search:
         self.command = command
         self.seconds: dict[str, float] = {}
         self.trust_new_host = False
+        self.latency_within: tuple[int, int] = (0, 0)
 
     @classmethod
     def resume_from(cls, run_dir: Path, **kwargs: Any) -> Search:
@@ -357,7 +358,8 @@ class Search:
         if out_file.exists():
             data = json.loads(out_file.read_text())
             best = Candidate.from_dict(data["best"]) if data.get("best") else None
-            self.latency_within = tuple(data.get("latency_model_within", (0, 0)))  # type: ignore[assignment]
+            hit, n = data.get("latency_model_within", (0, 0))
+            self.latency_within = (int(hit), int(n))
             return CompressionPolicy.from_dict(data["policy"]), best
         groups = prunable_groups(self.base.model, self.shape)
         table = layer_table(self.base.model, self.shape)
@@ -489,16 +491,14 @@ class Search:
         self._prepare()
         cfg = self.cfg
         prune_best = quant_best = None
-        self.latency_within: tuple[int, int] = (0, 0)
         keep: dict[str, float] = {}
         if "prune" in cfg.stages:
             policy1, prune_best = self._stage1()
             keep = dict(policy1.keep)
         model = self._finetuned(CompressionPolicy(keep=keep)) if keep else self.base.model
         final = CompressionPolicy(keep=keep)
-        fp32_onnx = None
         if "quant" in cfg.stages:
-            final, quant_best, fp32_onnx = self._stage2(model, keep)
+            final, quant_best, _ = self._stage2(model, keep)
         self.reporter.message("writing the artifact (quantize, validate, measure baseline and result)")
         t0 = time.monotonic()
         manifest, artifact = self._artifact(model, final)

@@ -20,7 +20,7 @@ OUTPUT_NAME = "logits"
 
 
 def export_onnx(
-    model: "nn.Module",
+    model: nn.Module,
     input_shape: tuple[int, ...],
     path: str | os.PathLike[str],
     *,

@@ -75,7 +75,7 @@ def model_to_onnx(
 
 def load_torch_model(
     model: str, input_chw: tuple[int, ...], *, num_classes: int = 10, checkpoint: str | None = None
-) -> "nn.Module":
+) -> nn.Module:
     """A torch model from a built-in name (fresh weights unless ``checkpoint``) or a user spec."""
     c = int(input_chw[0])
     if is_zoo_name(model):
@@ -186,7 +186,7 @@ def export_with_policy(
     cache_path: Path | None = None,
     seed: int = 0,
     command: str = "",
-) -> "Manifest":
+) -> Manifest:
     """``hwcompress export``: model + policy -> pruned (optionally fine-tuned) -> quantized artifact."""
     from hwcompress.artifact import _check_destination, export_artifact
     from hwcompress.data import load_splits

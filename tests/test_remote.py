@@ -295,9 +295,6 @@ def tiny():
 """
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(reason="needs search wiring: measure() through runner_for() for ssh targets (issue 6)",
-                   strict=False)
 def test_search_through_loopback_sshd(sshd: SshServer, tmp_path: Path) -> None:
     if importlib.util.find_spec("litert_torch") is None:
         pytest.skip("litert-torch is not installed: pip install 'hwcompress[tflite]'")

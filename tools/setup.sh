@@ -41,7 +41,7 @@ fi
 stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f .venv/.setup-stamp ] || [ "$(cat .venv/.setup-stamp)" != "$stamp" ] || ! .venv/bin/python -c 'import hwcompress' 2>/dev/null; then
     log "installing Python packages (first time: a few minutes)"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v -E "^WARNING: Location|is ignored: it is neither" >&2 || true
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,tflite]' 2>&1 | grep -v -E "^WARNING: Location|is ignored: it is neither" >&2 || true
     .venv/bin/python -c 'import hwcompress, torch, onnxruntime' || { log "Python package install failed"; exit 1; }
     echo "$stamp" > .venv/.setup-stamp
 fi

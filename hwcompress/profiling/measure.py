@@ -21,8 +21,8 @@ from typing import Any
 from hwcompress.errors import FileMissingError, ModelError, ProfilerError
 from hwcompress.fsutil import sha256_file
 from hwcompress.profiling.adapters import ProfilerAdapter, get_adapter
-from hwcompress.profiling.remote import runner_for
 from hwcompress.profiling.cache import CacheKey, MeasurementCache
+from hwcompress.profiling.remote import runner_for
 from hwcompress.profiling.runner import Runner
 from hwcompress.records import LatencyStats, Measurement, RecordError, Target
 

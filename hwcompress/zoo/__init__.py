@@ -16,7 +16,7 @@ def is_zoo_name(name: str) -> bool:
     return name in ZOO_NAMES
 
 
-def build_model(name: str, in_channels: int = 1, num_classes: int = 10) -> "nn.Module":
+def build_model(name: str, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
     """A freshly initialised zoo model (``name`` from :data:`ZOO_NAMES`)."""
     from hwcompress.zoo.models import MODELS
 

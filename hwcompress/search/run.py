@@ -342,7 +342,7 @@ class Search:
         )
         self.deadline = time.monotonic() + cfg.time_budget_s if cfg.time_budget_s else None
         self.reporter.message(
-            f"baseline {self.base_ms:.3f} ms (CV {self.base_measurement.latency.cv * 100:.1f}%), "
+            f"baseline {self.base_ms:.3f} ms (spread {self.base_measurement.latency.robust_cv * 100:.1f}%), "
             f"accuracy {self.base.test_accuracy * 100:.2f}%; latency budget {self.budget_ms:.3f} ms"
         )
 
@@ -412,7 +412,12 @@ class Search:
         path = self.run_dir / "finetuned.pt"
         if path.exists():
             return load_pruned(path)
+        from hwcompress.evaluate import torch_threads
+        from hwcompress.search.evaluator import recalibrate_bn
+
         model = apply_policy(self.base.model, policy, self.shape, channel_multiple=self.target.channel_multiple)
+        with torch_threads(1):  # same adaptive-BN step the stage-1 candidates were scored with
+            recalibrate_bn(model, self.splits.train.x, self.ctx.bn_batches)
         if self.cfg.finetune_epochs > 0 and policy.keep:
             self.reporter.message(f"fine-tuning with distillation for {self.cfg.finetune_epochs} epoch(s)")
             t0 = time.monotonic()

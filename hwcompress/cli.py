@@ -210,13 +210,9 @@ def profile(
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
-    try:
-        parts = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) < 1:
-        raise UsageError(f"--input-shape {text!r} is not C,H,W with three positive integers (e.g. 1,28,28)")
-    return (parts[0], parts[1], parts[2])
+    from hwcompress.check import parse_shape
+
+    return parse_shape(text)
 
 
 # --------------------------------------------------------------------------- demo

@@ -7,6 +7,7 @@ builds, exports, measures and scores the candidate) and returns its reward.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +85,7 @@ def _embedding(layers: list[StepLayer]) -> np.ndarray:
     return (rows / top).astype(np.float32)
 
 
-class _LayerwiseEnv(gym.Env[np.ndarray, np.ndarray]):
+class _LayerwiseEnv(gym.Env[np.ndarray, np.ndarray], abc.ABC):
     """Shared mechanics: a fixed sequence of layers, one continuous action each."""
 
     metadata = {"render_modes": []}  # noqa: RUF012
@@ -120,15 +121,17 @@ class _LayerwiseEnv(gym.Env[np.ndarray, np.ndarray]):
         self._begin_episode()
         return self._obs(), {}
 
+    @abc.abstractmethod
     def _begin_episode(self) -> None:
-        raise NotImplementedError
+        """Reset the subclass's per-episode choices."""
 
+    @abc.abstractmethod
     def _apply(self, a: float) -> tuple[float, float]:
         """Record layer ``t``'s choice; returns (effective action in [-1, 1], fraction of the layer's share removed)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _policy(self) -> CompressionPolicy:
-        raise NotImplementedError
+        """The finished episode's policy."""
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))

@@ -77,6 +77,20 @@ class StageState:
     evaluated: int = 0
     failures: int = 0
 
+    def restore(self, records: list[dict[str, Any]]) -> list[Candidate]:
+        """Refill from ``search.jsonl`` lines of this stage; returns the restored candidates."""
+        restored = []
+        for rec in records:
+            if rec.get("stage") != self.stage:
+                continue
+            extra = {k: rec.pop(k) for k in list(rec) if k not in Candidate.__dataclass_fields__ and k != "schema"}
+            cand = Candidate.from_dict(rec)
+            self.seen[cand.policy.digest()] = cand
+            self.evaluated += 1
+            self.consider(cand, bool(extra.get("within_budget")))
+            restored.append(cand)
+        return restored
+
     def consider(self, cand: Candidate, within: bool) -> None:
         """Best = within budget first, then highest reward."""
         if cand.error:
@@ -306,15 +320,8 @@ class PruneEvaluator:
         return cand.macs <= self.budget_macs
 
     def restore(self, records: list[dict[str, Any]]) -> None:
-        """Refill the table of seen candidates from ``search.jsonl`` lines of this stage."""
-        for rec in records:
-            if rec.get("stage") != "prune":
-                continue
-            extra = {k: rec.pop(k) for k in list(rec) if k not in Candidate.__dataclass_fields__ and k != "schema"}
-            cand = Candidate.from_dict(rec)
-            self.state.seen[cand.policy.digest()] = cand
-            self.state.evaluated += 1
-            self.state.consider(cand, bool(extra.get("within_budget")))
+        """Refill the table of seen candidates (and the latency model) from ``search.jsonl``."""
+        for cand in self.state.restore(records):
             if self.latency_model is not None and cand.measurement is not None:
                 self.latency_model.observe(self.keep_vector(cand.policy), cand.measurement.latency.median_ms)
             self.episode = max(self.episode, cand.episode)
@@ -433,12 +440,5 @@ class QuantEvaluator:
         return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": False, "within_budget": within})
 
     def restore(self, records: list[dict[str, Any]]) -> None:
-        for rec in records:
-            if rec.get("stage") != "quant":
-                continue
-            extra = {k: rec.pop(k) for k in list(rec) if k not in Candidate.__dataclass_fields__ and k != "schema"}
-            cand = Candidate.from_dict(rec)
-            self.state.seen[cand.policy.digest()] = cand
-            self.state.evaluated += 1
-            self.state.consider(cand, bool(extra.get("within_budget")))
+        for cand in self.state.restore(records):
             self.episode = max(self.episode, cand.episode)

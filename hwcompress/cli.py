@@ -383,6 +383,7 @@ def search(
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Distillation epochs after stage 1")] = 1,
     val_limit: Annotated[int, typer.Option("--val-images", help="Validation images per candidate")] = 2000,
     test_limit: Annotated[int | None, typer.Option("--test-images", help="Test images for the final figures (default: all)")] = None,
+    guard: Annotated[float, typer.Option("--guard", help="Candidates must meet the latency budget by this margin (0.02 = 2%)")] = 0.02,
     seed: Annotated[int, typer.Option(help="Seed")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Artifact folder")] = Path("out/search"),
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where the search keeps its log and checkpoints")] = None,
@@ -419,7 +420,7 @@ def search(
                 stages=tuple(s.strip() for s in stages.split(",") if s.strip()), prune_episodes=episodes,
                 quant_episodes=quant_episodes, warmup_episodes=warmup, time_budget_s=time_budget, agent=agent,
                 score=reward, prune_cost=prune_cost, quant_cost=quant_cost, finetune_epochs=finetune_epochs,
-                val_limit=val_limit, test_limit=test_limit, seed=seed, out=str(out_dir), force=force,
+                val_limit=val_limit, test_limit=test_limit, seed=seed, out=str(out_dir), force=force, guard=guard,
             )
             rd = run_dir or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
             if rd.exists() and any(rd.iterdir()):

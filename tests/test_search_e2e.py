@@ -60,6 +60,16 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
     # the result's policy is the one the search found
     s1 = json.loads((tmp_path / "run" / "stage1.json").read_text())
     assert manifest["policy"]["keep"] == s1["policy"]["keep"]
+    # stage 1 was credited with the measured speed-up of a lower precision on the baseline, or with none
+    b1 = s1["stage1_budget"]
+    ratios = b1["precision_ratios"]
+    assert set(ratios) == {"fp16", "int8", "int4"} and all(r > 0 for r in ratios.values())
+    if min(ratios.values()) < 0.85:
+        assert b1["credited"] == min(ratios, key=ratios.get)
+        assert b1["latency_ms"] == pytest.approx(min(b1["final_ms"] * 0.85 / ratios[b1["credited"]],
+                                                     manifest["baseline"]["measurement"]["latency"]["median_ms"]), rel=0.25)
+    else:
+        assert b1["credited"] == "" and b1["latency_ms"] == pytest.approx(b1["final_ms"] * 0.98)  # 2 % guard band
 
 
 def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) -> None:

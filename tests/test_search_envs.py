@@ -113,6 +113,37 @@ def test_quant_action_mapping() -> None:
     assert info["policy"].keep == {"conv0": 0.5}
 
 
+def test_quant_actions_ordered_by_measured_speed() -> None:
+    # int4 weight-only measured slower than fp32 (no VNNI): it goes to the slow end of the action axis
+    speed = {"fp32": 1.0, "fp16": 3.0, "int8": 0.55, "int4": 1.9}
+    env = QuantEnv(_layers(4), lambda p: EpisodeOutcome(0.0, {"policy": p}), precisions=("fp32", "fp16", "int8", "int4"),
+                   speed=speed)
+    assert env.precisions == ("fp16", "int4", "fp32", "int8")
+    env.reset()
+    for a in (-1.0, -0.4, 0.1, 1.0):
+        _, _, done, _, info = env.step(np.array([a], dtype=np.float32))
+    assert done and info["policy"].precision == {"conv0": "fp16", "conv1": "int4", "conv2": "fp32", "conv3": "int8"}
+
+
+def test_quant_wall_moves_the_biggest_savers_to_the_fastest_precision() -> None:
+    speed = {"fp32": 1.0, "int8": 0.5, "int4": 2.0}
+    layer_ms = [1.0, 4.0, 2.0, 0.5]  # fp32 total 7.5 ms
+    env = QuantEnv(_layers(4), lambda p: EpisodeOutcome(0.0, {"policy": p}), precisions=("fp32", "int8", "int4"),
+                   speed=speed, layer_ms=layer_ms, budget_ms=5.0)
+    env.reset()
+    for _ in range(4):  # all int4: predicted 15 ms
+        _, _, _, _, info = env.step(np.array([-1.0], dtype=np.float32))
+    prec = info["policy"].precision
+    # largest saving first: conv1 (4 ms x 1.5), then conv2 (2 x 1.5) -> 1*2 + 4*.5 + 2*.5 + .5*2 = 6 ms, then conv0
+    assert prec == {"conv0": "int8", "conv1": "int8", "conv2": "int8", "conv3": "int4"}
+    assert env.predicted_ms(list(prec.values())) == pytest.approx(4.5) and env.walled == 3
+    # within budget already: the wall leaves the agent's choice alone
+    env.reset()
+    for _ in range(4):
+        _, _, _, _, info = env.step(np.array([1.0], dtype=np.float32))
+    assert set(info["policy"].precision.values()) == {"int8"} and env.walled == 0
+
+
 def test_budget_parsing() -> None:
     assert parse_budget("0.5x", "--latency-budget").resolve(10.0) == 5.0
     assert parse_budget("3.2ms", "--latency-budget").resolve(10.0) == 3.2

@@ -70,12 +70,10 @@ def run_search(model: str, cost: str, args: argparse.Namespace, work: Path) -> R
 def run_uniform(model: str, budget_ms: float, args: argparse.Namespace, work: Path) -> Row:
     """Largest uniform keep ratio (on the channel multiple) whose measured latency meets the budget."""
     from hwcompress.artifact import export_artifact
+    from hwcompress.baselines import fit_to_latency
     from hwcompress.data import load_splits
-    from hwcompress.export import export_onnx
     from hwcompress.finetune import finetune
     from hwcompress.profiling.cache import MeasurementCache
-    from hwcompress.profiling.measure import measure
-    from hwcompress.prune import uniform_prune
     from hwcompress.records import CompressionPolicy
     from hwcompress.targets import load_target
     from hwcompress.zoo.train import ensure_baseline
@@ -86,34 +84,19 @@ def run_uniform(model: str, budget_ms: float, args: argparse.Namespace, work: Pa
     shape = (1, *splits.input_shape)
     cache = MeasurementCache()
     t0 = time.monotonic()
-    lo, hi, best = 0.05, 1.0, None
-    tried = 0
-    for _ in range(7):  # bisection on the keep ratio, every point measured
-        mid = (lo + hi) / 2
-        pruned = uniform_prune(base.model, mid, shape, channel_multiple=target.channel_multiple)
-        path = export_onnx(pruned, shape, work / f"uniform-{model}-{mid:.4f}.onnx")
-        ms = measure(path, target, cache=cache).latency.median_ms
-        tried += 1
-        if ms <= budget_ms:
-            best, lo = (mid, pruned), mid
-        else:
-            hi = mid
-    if best is None:
-        ratio = 0.05
-        pruned = uniform_prune(base.model, ratio, shape, channel_multiple=target.channel_multiple)
-    else:
-        ratio, pruned = best
+    fit = fit_to_latency("uniform", base.model, shape, target, budget_ms, work / f"uniform-{model}", cache=cache)
     search_s = time.monotonic() - t0
+    pruned = fit.model
     if args.finetune_epochs:
         finetune(pruned, base.model, splits, epochs=args.finetune_epochs, seed=args.seed, test=False, progress=False)
     pruned.eval()
     out = work / f"uniform-{model}-artifact"
     m = export_artifact(pruned, CompressionPolicy(), target, out, calib=splits.calib, test=splits.test, force=True,
-                        source_model=f"{model} uniform keep {ratio:.3f}", cache=cache, test_limit=args.test_images)
+                        source_model=f"{model} uniform keep {fit.knob:.3f}", cache=cache, test_limit=args.test_images)
     assert m.result.measurement is not None
     lat = m.result.measurement.latency
-    return Row(model, f"uniform keep {ratio:.2f}", m.result.accuracy, lat.median_ms, lat.p90_ms, m.result.macs,
-               m.result.file_bytes, budget_ms, search_s, tried)
+    return Row(model, f"uniform keep {fit.knob:.2f}", m.result.accuracy, lat.median_ms, lat.p90_ms, m.result.macs,
+               m.result.file_bytes, budget_ms, search_s, fit.measured)
 
 
 def main() -> None:

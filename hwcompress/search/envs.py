@@ -233,7 +233,17 @@ class PruneEnv(_LayerwiseEnv):
 
 
 class QuantEnv(_LayerwiseEnv):
-    """Stage 2: action -> one of the target's precisions (ordered from most to least precise)."""
+    """Stage 2: action -> one of the target's precisions.
+
+    Without measurements the precisions are ordered from most to least precise (HAQ's bit axis).
+    With ``speed`` (each precision's measured latency relative to fp32 on the target) they are
+    ordered slowest to fastest, so that a larger action is a faster layer *on this target* — on a
+    CPU without VNNI int4 weight-only sits at the slow end, whatever its bit width.
+
+    With ``layer_ms`` (each layer's measured share of the fp32 latency) and ``budget_ms``, an
+    action wall as in HAQ: when the episode's policy is predicted over budget, layers are moved to
+    the fastest precision, largest predicted saving first, until the prediction fits.
+    """
 
     def __init__(
         self,
@@ -242,14 +252,50 @@ class QuantEnv(_LayerwiseEnv):
         *,
         precisions: tuple[str, ...],
         base_keep: dict[str, float] | None = None,
+        speed: dict[str, float] | None = None,
+        layer_ms: list[float] | None = None,
+        budget_ms: float | None = None,
     ) -> None:
         super().__init__(layers, evaluate)
         order = ["fp32", "fp16", "int8", "int4"]
-        self.precisions = tuple(p for p in order if p in precisions)
+        chosen = [p for p in order if p in precisions]
+        if speed and all(p in speed for p in chosen):
+            chosen.sort(key=lambda p: -speed[p])  # slowest first; stable, so ties keep the bit order
+        self.precisions = tuple(chosen)
         if not self.precisions:
             raise ValueError("no precisions to choose from")
+        self.speed = dict(speed or {})
+        self.layer_ms = list(layer_ms) if layer_ms is not None else None
+        self.budget_ms = budget_ms
+        if self.layer_ms is not None and len(self.layer_ms) != len(layers):
+            raise ValueError("layer_ms needs one time per layer")
         self.base_keep = dict(base_keep or {})
         self.choice: list[str] = []
+        self.walled = 0  # layers the wall moved in the last episode
+
+    def predicted_ms(self, choice: list[str]) -> float | None:
+        """Sum of each layer's fp32 time x its precision's measured ratio (None without measurements)."""
+        if self.layer_ms is None or not self.speed:
+            return None
+        return float(sum(t * self.speed.get(p, 1.0) for t, p in zip(self.layer_ms, choice, strict=True)))
+
+    def _wall(self) -> None:
+        self.walled = 0
+        predicted = self.predicted_ms(self.choice)
+        if predicted is None or self.budget_ms is None or self.layer_ms is None:
+            return
+        fastest = min(self.precisions, key=lambda p: self.speed.get(p, 1.0))
+        while predicted > self.budget_ms:
+            savings = [(t * (self.speed.get(p, 1.0) - self.speed.get(fastest, 1.0)), i)
+                       for i, (t, p) in enumerate(zip(self.layer_ms, self.choice, strict=True)) if p != fastest]
+            if not savings:
+                break
+            gain, i = max(savings)
+            if gain <= 0:
+                break
+            self.choice[i] = fastest
+            predicted -= gain
+            self.walled += 1
 
     def _begin_episode(self) -> None:
         self.choice = []
@@ -263,6 +309,7 @@ class QuantEnv(_LayerwiseEnv):
         return effective, 1.0 - bits / 32.0
 
     def _policy(self) -> CompressionPolicy:
+        self._wall()
         return CompressionPolicy(
             keep=self.base_keep,
             precision={la.name: p for la, p in zip(self.layers, self.choice, strict=True)},

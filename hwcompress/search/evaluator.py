@@ -199,9 +199,11 @@ class PruneEvaluator:
         base_macs: int,
         latency_model: LatencyModel | None,
         group_index: dict[str, int],
+        size_budget: float | None = None,
         on_candidate: Callable[[Candidate, bool], None] | None = None,
     ) -> None:
         self.ctx = ctx
+        self.size_budget = size_budget
         self.model = model
         self.cost = cost
         self.budget_ms = budget_ms
@@ -277,7 +279,7 @@ class PruneEvaluator:
                     latency=measurement.latency.median_ms,
                     latency_budget=self.budget_ms,
                     size=float(onnx_path.stat().st_size),
-                    size_budget=self.ctx.size_budget,
+                    size_budget=self.size_budget,
                     memory=float(measurement.peak_memory_bytes),
                     memory_budget=self.ctx.memory_budget,
                 )
@@ -285,7 +287,8 @@ class PruneEvaluator:
                     err = self.latency_model.observe(self.keep_vector(policy), measurement.latency.median_ms)
                     extra["latency_model_error"] = err
             else:  # flops proxy: MACs against the same fraction of the baseline's MACs
-                costs = Costs(latency=float(macs), latency_budget=self.budget_macs)
+                costs = Costs(latency=float(macs), latency_budget=self.budget_macs,
+                              size=float(onnx_path.stat().st_size), size_budget=self.size_budget)
             reward = accuracy_within_budget(score, costs, penalty=self.ctx.penalty)
             within = within_budget(costs)
             cand = Candidate(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from hwcompress.errors import UsageError
+from hwcompress.errors import HwcompressError, UsageError
 from hwcompress.fsutil import atomic_write_text
 from hwcompress.records import Candidate, CompressionPolicy, Manifest, Measurement
 from hwcompress.search.agents import AGENTS, AgentConfig
@@ -77,6 +77,7 @@ class SearchConfig:
     speed_weight: float = 0.05
     penalty: float = 2.0
     wall: bool = True
+    guard: float = 0.02  # candidates must meet the latency budget with this relative margin
     out: str = "out/search"
     force: bool = False
 
@@ -96,6 +97,8 @@ class SearchConfig:
             raise UsageError("--episodes must be at least 1")
         if not 0.05 <= self.lower_bound <= 1.0:
             raise UsageError("--lower-bound must be in [0.05, 1]")
+        if not 0.0 <= self.guard < 0.5:
+            raise UsageError("--guard must be in [0, 0.5)")
         if self.finetune_epochs < 0:
             raise UsageError("--finetune-epochs must be >= 0")
         parse_budget(self.latency_budget, "--latency-budget")
@@ -150,6 +153,22 @@ class SearchResult:
     latency_model_within: tuple[int, int]
     seconds: dict[str, float]
     candidates: int
+
+
+# How much of a precision's measured speed-up on the baseline stage 1 may count on.
+STAGE1_MARGIN = 0.85
+
+
+@dataclass(frozen=True)
+class Stage1Budget:
+    final_ms: float  # the search's latency budget, which the result must meet
+    latency_ms: float  # what stage 1 holds the fp32 model to
+    size_bytes: float | None
+    precision_ratios: dict[str, float]
+    credited: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -331,6 +350,9 @@ class Search:
         self.base_measurement = measure(self.base_file, self.target, cache=self.cache, per_node=per_node)
         self.base_ms = self.base_measurement.latency.median_ms
         self.budget_ms = parse_budget(cfg.latency_budget, "--latency-budget").resolve(self.base_ms)
+        # Candidates are held to a budget a guard band below the user's, so that the result still meets
+        # it when the artifact is measured again (run-to-run spread of a median is 1-3 % here).
+        self.inner_ms = self.budget_ms * (1.0 - cfg.guard)
         self.base_macs, self.base_params = count_macs(self.base.model, self.shape)
         base_bytes = self.base_file.stat().st_size
         self.ctx = EvalContext(
@@ -366,8 +388,10 @@ class Search:
         times = layer_times_ms(table, self.base_measurement, self.base_onnx)
         cmodel = cost_model(groups, table, times)
         lat_model = LatencyModel(cmodel, self.base_ms)
+        budget1 = self._stage1_budget()
         evaluator = PruneEvaluator(
-            self.ctx, self.base.model, cost=cfg.prune_cost, budget_ms=self.budget_ms,
+            self.ctx, self.base.model, cost=cfg.prune_cost, budget_ms=budget1.latency_ms,
+            size_budget=budget1.size_bytes,
             budget_macs=self.base_macs * parse_budget(cfg.latency_budget, "--latency-budget").as_ratio(self.base_ms),
             base_macs=self.base_macs, latency_model=lat_model if cfg.prune_cost == "measured" else None,
             group_index={g.name: g.index for g in groups},
@@ -379,7 +403,7 @@ class Search:
         env = PruneEnv(
             prune_step_layers(groups, table, times), evaluator, lower_bound=cfg.lower_bound,
             channel_multiple=self.target.channel_multiple, latency_model=wall_model if cfg.wall else None,
-            budget_ms=self.budget_ms,
+            budget_ms=budget1.latency_ms,
         )
         if cfg.prune_cost == "flops" and cfg.wall:  # AMC's wall on the proxy: MACs within the MACs budget
             flops_model = LatencyModel(LayerCostModel(cmodel.layer_names, cmodel.base_macs, cmodel.exponents,
@@ -400,9 +424,65 @@ class Search:
             "policy": policy.to_dict(), "best": best.to_dict() if best else None,
             "within_budget": evaluator.state.best_within, "candidates": evaluator.state.evaluated,
             "failures": evaluator.state.failures, "latency_model_within": list(self.latency_within),
-            "latency_model_errors": lat_model.errors,
+            "latency_model_errors": lat_model.errors, "stage1_budget": budget1.to_dict(),
         }, indent=2))
         return policy, best
+
+    def _stage1_budget(self) -> Stage1Budget:
+        """The budgets stage 1 holds the fp32 pruned model to.
+
+        Stage 1 alone: the search's budgets.  When a measured stage 2 follows, the baseline is
+        quantized uniformly to each lower precision the target supports and *measured*; the best
+        measured speed-up ``r`` (e.g. int8 at 0.55x) lets stage 1 leave the fp32 model at up to
+        ``budget * margin / r`` — less pruning, more accuracy — and stage 2 must then meet the real
+        budget.  A precision that measures slower than fp32 (int4 weight-only, INT8 without VNNI)
+        gives no credit, whatever a bit-ops count says.  The size budget is likewise scaled by the
+        bytes per weight of int8 when stage 2 may use it.  Proxy searches (``--cost flops``) keep
+        AMC's rule: stage 1 meets the budget fraction on MACs by itself.
+        """
+        cfg = self.cfg
+        size = self.ctx.size_budget
+        follows = "quant" in cfg.stages
+        if follows and size is not None and "int8" in self.target.precisions:
+            size *= 4.0
+        if not (follows and cfg.prune_cost == "measured" and cfg.quant_cost == "measured"):
+            return Stage1Budget(self.budget_ms, self.inner_ms, size, {}, "")
+        ratios = self._precision_ratios(self.base.model, self.base_onnx, "baseline", self.base_ms)
+        lower = {k: v for k, v in ratios.items() if k != "fp32"}
+        best = min(lower, key=lambda k: lower[k]) if lower else ""
+        latency = self.inner_ms
+        if best and ratios[best] < STAGE1_MARGIN:
+            latency = min(self.inner_ms * STAGE1_MARGIN / ratios[best], self.base_ms)
+        else:
+            best = ""
+        shown = ", ".join(f"{k} {v:.2f}x" for k, v in sorted(lower.items(), key=lambda kv: kv[1]))
+        self.reporter.message(
+            f"baseline at lower precision, measured: {shown or 'none'}; stage-1 latency budget "
+            f"{latency:.3f} ms (stage 2 must reach {self.inner_ms:.3f} ms)"
+        )
+        return Stage1Budget(self.budget_ms, latency, size, lower, best)
+
+    def _precision_ratios(self, model: nn.Module, fp32_onnx: Path, stem: str, fp32_ms: float) -> dict[str, float]:
+        """Measured latency of ``model`` with every weight layer at each lower precision, relative to fp32."""
+        from hwcompress.profiling.measure import measure
+        from hwcompress.quantize import quantize_onnx, uniform_policy
+        from hwcompress.search.evaluator import device_file
+
+        ratios: dict[str, float] = {"fp32": 1.0}
+        for prec in self.target.precisions:
+            if prec == "fp32":
+                continue
+            path = self.run_dir / f"{stem}-{prec}"
+            try:
+                if self.target.runtime == "tflite":
+                    path = device_file(model, self.shape, path, self.target, uniform_policy(prec), self.splits.calib.x)
+                else:
+                    path = quantize_onnx(fp32_onnx, path.with_suffix(".onnx"), uniform_policy(prec),
+                                         self.splits.calib.x, self.target)
+                ratios[prec] = measure(path, self.target, cache=self.cache).latency.median_ms / fp32_ms
+            except HwcompressError as exc:  # a precision the runtime cannot take gets no credit
+                log.warning("%s at %s could not be measured: %s", stem, prec, exc)
+        return ratios
 
     # ------------------------------------------------------------------ fine-tune
     def _finetuned(self, policy: CompressionPolicy) -> nn.Module:
@@ -465,14 +545,23 @@ class Search:
                 latency_share=float(tshare.get(q.module, 0.0)),
             ))
         evaluator = QuantEvaluator(
-            self.ctx, fp32, model=model, cost=cfg.quant_cost, budget_ms=self.budget_ms, latency_ref=ref.latency.median_ms,
+            self.ctx, fp32, model=model, cost=cfg.quant_cost, budget_ms=self.inner_ms, latency_ref=ref.latency.median_ms,
             layer_macs={q.name: macs.get(q.module, 0) for q in qlayers}, speed_weight=cfg.speed_weight,
             base_keep=keep, calib_x=self.splits.calib.x,
             on_candidate=lambda c, w: self.reporter.candidate("quant", evaluator.episode, c, evaluator.state.best, w),
         )
         if self.resume:
             evaluator.restore(self.log.read())
-        env = QuantEnv(steps, evaluator, precisions=self.target.precisions, base_keep=keep)
+        speed: dict[str, float] | None = None
+        layer_ms: list[float] | None = None
+        if cfg.quant_cost == "measured":  # order the action axis by measured speed; HAQ-style wall on it
+            speed = self._precision_ratios(model, fp32, "stage2", ref.latency.median_ms)
+            ms_of = dict(zip(table, times, strict=True))
+            layer_ms = [float(ms_of.get(q.module, 0.0)) for q in qlayers]
+            shown = ", ".join(f"{k} {v:.2f}x" for k, v in sorted(speed.items(), key=lambda kv: kv[1]))
+            self.reporter.message(f"pruned model per precision, measured: {shown}")
+        env = QuantEnv(steps, evaluator, precisions=self.target.precisions, base_keep=keep, speed=speed,
+                       layer_ms=layer_ms, budget_ms=self.inner_ms if cfg.wall else None)
         warm = min(cfg.warmup_episodes, max(cfg.quant_episodes // 3, 1))
         runner = StageRunner("quant", env, len(steps), self._agent_cfg(warm), self.run_dir / "ckpt")
         if self.resume:
@@ -486,7 +575,8 @@ class Search:
         atomic_write_text(out_file, json.dumps({
             "policy": policy.to_dict(), "best": best.to_dict() if best else None,
             "within_budget": evaluator.state.best_within, "candidates": evaluator.state.evaluated,
-            "failures": evaluator.state.failures, "fp32_ms": ref.latency.median_ms,
+            "failures": evaluator.state.failures, "fp32_ms": ref.latency.median_ms, "precision_ratios": speed,
+            "action_order": list(env.precisions),
         }, indent=2))
         return policy, best, fp32
 

@@ -1,0 +1,611 @@
+"""Results: measured-latency two-stage search vs proxies and peers' methods, side by side, with plots.
+
+On Fashion-MNIST, target x86-cpu (or --target), for each model and each latency budget (a fraction
+of the *measured* fp32 baseline), with the same episodes and the same distillation fine-tune for
+every method that trains:
+
+* ``hwcompress``        two-stage DRL search, measured latency in the reward (stage 1 credited with
+                        the measured speed-up of the target's best lower precision);
+* ``proxy (AMC+HAQ)``   the same search with ``--cost flops`` (stage 1) and ``--cost bitops`` (stage 2);
+* ``uniform``           one keep ratio for all layers, bisected to the measured budget, fp32;
+* ``global magnitude``  Torch-Pruning global L1 magnitude pruning, bisected to the measured budget, fp32;
+* ``ORT all-int8``      ONNX Runtime static INT8 (QDQ) of the unpruned model (no search, no training).
+
+On VGG-small a ``hwcompress headline`` row adds the seed paper's goal: latency 0.2x and file 0.05x.
+
+Every row is an artifact written by the export writer, measured on the target (median, p90, peak
+memory) and scored on the test set in its runtime.  Rows are saved one by one under --work
+(rows/*.json): a run that is stopped continues where it was with the same command; --fresh redoes.
+Output: results.md (tables, goals, findings), pareto-<model>.png, policy-<model>.png, rows.json.
+
+    .venv/bin/python tools/bench_compare.py               # 3 models x budgets 0.3/0.5/0.7 (hours on 2 cores)
+    .venv/bin/python tools/bench_compare.py --quick       # resnet-20 at 0.5x, short searches (~20 min)
+    .venv/bin/python tools/bench_compare.py --models vgg-small --budgets 0.5 --publish tools/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MEASURED = "hwcompress"
+PROXY = "proxy (AMC+HAQ)"
+UNIFORM = "uniform"
+GLOBAL = "global magnitude"
+INT8 = "ORT all-int8"
+HEADLINE = "hwcompress headline"
+METHODS = (MEASURED, PROXY, UNIFORM, GLOBAL, INT8)
+SLUG = {
+    MEASURED: "measured",
+    PROXY: "proxy",
+    UNIFORM: "uniform",
+    GLOBAL: "global",
+    INT8: "int8",
+    HEADLINE: "headline",
+}
+# what a bit-ops count (HAQ) takes each precision to cost relative to fp32 (weight bits x activation bits)
+BITOPS_RATIO = {"fp32": 1.0, "fp16": 16 * 16 / 1024, "int8": 8 * 8 / 1024, "int4": 4 * 8 / 1024}
+
+
+@dataclass
+class Figures:
+    """What is measured of one model: test accuracy in its runtime, latency on the target, size."""
+
+    model: str
+    accuracy: float
+    latency_ms: float
+    p90_ms: float
+    peak_memory_bytes: int
+    file_bytes: int
+    macs: int
+    params: int
+
+
+@dataclass
+class Baseline(Figures):
+    precision_ratio: dict[str, float]  # measured latency of the unpruned model at each precision / fp32
+
+
+@dataclass
+class Row(Figures):
+    budget: str  # "0.5x"
+    method: str
+    budget_ms: float
+    precisions: dict[str, int]
+    keep: dict[str, float]
+    layer_precisions: dict[str, str]
+    search_s: float = 0.0
+    finetune_s: float = 0.0
+    candidates: int = 0
+    artifact: str = ""
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def met(self) -> bool:
+        return self.latency_ms <= self.budget_ms
+
+
+# --------------------------------------------------------------------------- context
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from hwcompress.data import load_splits
+        from hwcompress.profiling.cache import MeasurementCache
+        from hwcompress.targets import load_target
+
+        self.args = args
+        self.work: Path = args.work
+        (self.work / "rows").mkdir(parents=True, exist_ok=True)
+        self.target = load_target(args.target)
+        self.splits = load_splits(None, seed=args.seed)
+        self.shape = (1, *self.splits.input_shape)
+        self.cache = MeasurementCache()
+        self._bases: dict[str, Any] = {}
+
+    def trained(self, model: str) -> Any:
+        from hwcompress.zoo.train import ensure_baseline
+
+        if model not in self._bases:
+            self._bases[model] = ensure_baseline(model, self.splits, progress=True)
+            self._bases[model].model.eval()
+        return self._bases[model]
+
+    # ------------------------------------------------------------------ cached rows
+    def _row_file(self, model: str, budget: str, method: str) -> Path:
+        return self.work / "rows" / f"{model}-{budget}-{SLUG[method]}.json"
+
+    def row(self, model: str, budget: str, method: str, budget_ms: float) -> Row:
+        """The row of one method, from --work when a run already made it."""
+        path = self._row_file(model, budget, method)
+        if path.exists() and not self.args.fresh:
+            return Row(**json.loads(path.read_text()))
+        print(f"[{time.strftime('%H:%M:%S')}] {model} {budget} {method} ...", flush=True)
+        if method in (MEASURED, PROXY, HEADLINE):
+            row = self.search(model, budget, method, budget_ms)
+        elif method in (UNIFORM, GLOBAL):
+            row = self.pruned(model, budget, method, budget_ms)
+        else:
+            row = self.int8(model)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(row), indent=2))
+        tmp.replace(path)
+        return row
+
+    # ------------------------------------------------------------------ the baseline
+    def baseline(self, model: str) -> Baseline:
+        path = self.work / "rows" / f"{model}-baseline.json"
+        if path.exists() and not self.args.fresh:
+            return Baseline(**json.loads(path.read_text()))
+        from hwcompress.artifact import measure_figures
+        from hwcompress.export import export_onnx
+        from hwcompress.macs import count_macs
+        from hwcompress.profiling.measure import measure
+        from hwcompress.quantize import quantize_onnx, uniform_policy
+
+        base = self.trained(model)
+        d = self.work / model
+        d.mkdir(parents=True, exist_ok=True)
+        fp32 = export_onnx(base.model, self.shape, d / "baseline.onnx")
+        macs, params = count_macs(base.model, self.shape)
+        fig = measure_figures(
+            fp32,
+            self.target,
+            self.splits.test,
+            macs=macs,
+            params=params,
+            precisions={"fp32": 1},
+            label="baseline",
+            cache=self.cache,
+            test_limit=self.args.test_images,
+        )
+        assert fig.measurement is not None
+        ratios = {"fp32": 1.0}
+        for prec in self.target.precisions:
+            if prec == "fp32":
+                continue
+            q = quantize_onnx(
+                fp32, d / f"baseline-{prec}.onnx", uniform_policy(prec), self.splits.calib.x, self.target
+            )
+            ratios[prec] = (
+                measure(q, self.target, cache=self.cache).latency.median_ms
+                / fig.measurement.latency.median_ms
+            )
+        b = Baseline(
+            model,
+            fig.accuracy,
+            fig.measurement.latency.median_ms,
+            fig.measurement.latency.p90_ms,
+            fig.measurement.peak_memory_bytes,
+            fig.file_bytes,
+            macs,
+            params,
+            ratios,
+        )
+        path.write_text(json.dumps(asdict(b), indent=2))
+        return b
+
+    # ------------------------------------------------------------------ methods
+    def _from_manifest(
+        self, model: str, budget: str, method: str, budget_ms: float, art: Path, **kw: Any
+    ) -> Row:
+        from hwcompress.artifact import read_manifest
+
+        m = read_manifest(art)
+        r = m.result
+        assert r.measurement is not None
+        return Row(
+            model=model,
+            budget=budget,
+            method=method,
+            budget_ms=budget_ms,
+            accuracy=r.accuracy,
+            latency_ms=r.measurement.latency.median_ms,
+            p90_ms=r.measurement.latency.p90_ms,
+            peak_memory_bytes=r.measurement.peak_memory_bytes,
+            file_bytes=r.file_bytes,
+            macs=r.macs,
+            params=r.params,
+            precisions=dict(r.precisions),
+            keep={la.name: la.keep for la in m.layers},
+            layer_precisions={la.name: la.effective or la.precision for la in m.layers},
+            artifact=str(art),
+            **kw,
+        )
+
+    def search(self, model: str, budget: str, method: str, budget_ms: float) -> Row:
+        from hwcompress.search.run import Search, SearchConfig
+
+        a = self.args
+        run_dir = self.work / model / f"{budget}-{SLUG[method]}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        latency, size = (budget, None) if method != HEADLINE else (a.headline_latency, a.headline_size)
+        proxy = method == PROXY
+        cfg = SearchConfig(
+            model=model,
+            target=a.target,
+            latency_budget=latency,
+            size_budget=size,
+            prune_episodes=a.episodes,
+            quant_episodes=a.quant_episodes,
+            warmup_episodes=a.warmup,
+            prune_cost="flops" if proxy else "measured",
+            quant_cost="bitops" if proxy else "measured",
+            finetune_epochs=a.finetune_epochs,
+            val_limit=a.val_images,
+            test_limit=a.test_images,
+            seed=a.seed,
+            out=str(run_dir / "artifact"),
+            force=True,
+        )
+        res = Search(cfg, run_dir, cache_path=None).run()
+        s1 = json.loads((run_dir / "stage1.json").read_text())
+        extra = {
+            "headline": f"latency {latency}, size {size}" if method == HEADLINE else "",
+            "stage1_budget": s1.get("stage1_budget"),
+            "stage1_best_ms": _median(s1.get("best")),
+            "latency_model_within": list(res.latency_model_within),
+            "budget_ms_resolved": res.budget_ms,
+            "size_budget": size,
+        }
+        search_s = res.seconds.get("prune_search", 0.0) + res.seconds.get("quant_search", 0.0)
+        return self._from_manifest(
+            model,
+            budget,
+            method,
+            res.budget_ms,
+            run_dir / "artifact",
+            search_s=search_s,
+            finetune_s=res.seconds.get("finetune", 0.0),
+            candidates=res.candidates,
+            extra=extra,
+        )
+
+    def pruned(self, model: str, budget: str, method: str, budget_ms: float) -> Row:
+        from hwcompress.baselines import fit_to_latency
+        from hwcompress.finetune import finetune
+        from hwcompress.records import CompressionPolicy
+
+        base = self.trained(model)
+        d = self.work / model / f"{budget}-{SLUG[method]}"
+        shutil.rmtree(d, ignore_errors=True)
+        t0 = time.monotonic()
+        fit = fit_to_latency(
+            "uniform" if method == UNIFORM else "global-magnitude",
+            base.model,
+            self.shape,
+            self.target,
+            budget_ms,
+            d / "points",
+            cache=self.cache,
+        )
+        search_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        if self.args.finetune_epochs:
+            finetune(
+                fit.model,
+                base.model,
+                self.splits,
+                epochs=self.args.finetune_epochs,
+                seed=self.args.seed,
+                test=False,
+                progress=False,
+                checkpoint=None,
+            )
+        ft_s = time.monotonic() - t0
+        fit.model.eval()
+        knob = "keep" if method == UNIFORM else "MACs ratio"
+        self._export(fit.model, CompressionPolicy(), d / "artifact", f"{model} {method} {knob} {fit.knob:.3f}")
+        return self._from_manifest(
+            model,
+            budget,
+            method,
+            budget_ms,
+            d / "artifact",
+            search_s=search_s,
+            finetune_s=ft_s,
+            candidates=fit.measured,
+            note=f"{knob} {fit.knob:.3f}",
+            extra={"knob": fit.knob},
+        )
+
+    def _export(self, model: Any, policy: Any, out: Path, label: str) -> None:
+        from hwcompress.artifact import export_artifact
+
+        export_artifact(model, policy, self.target, out, calib=self.splits.calib, test=self.splits.test, force=True,
+                        source_model=label, cache=self.cache, test_limit=self.args.test_images, plots=False)
+
+    def int8(self, model: str) -> Row:
+        from hwcompress.quantize import uniform_policy
+
+        d = self.work / model / "int8"
+        self._export(self.trained(model).model, uniform_policy("int8"), d, f"{model} ORT static int8")
+        return self._from_manifest(model, "any", INT8, 0.0, d)
+
+
+def _median(cand: dict[str, Any] | None) -> float | None:
+    if not cand or not cand.get("measurement"):
+        return None
+    return float(cand["measurement"]["latency"]["median_ms"])
+
+
+# --------------------------------------------------------------------------- findings
+def findings(model: str, base: Baseline, rows: list[Row]) -> list[str]:
+    """Plain statements on where a proxy went wrong, and the goals met or missed."""
+    out: list[str] = []
+    ratio = base.precision_ratio
+    order = sorted(ratio, key=lambda p: ratio[p])
+    shown = ", ".join(f"{p} {ratio[p]:.2f}x (bit-ops {BITOPS_RATIO.get(p, 1):.3f}x)" for p in order)
+    out.append(
+        f"Measured latency of the unpruned {model} per precision on the target, vs what bit-ops assume: {shown}."
+    )
+    slower = [p for p in ratio if p != "fp32" and ratio[p] >= 1.0]
+    if slower:
+        out.append(
+            f"On this target {', '.join(slower)} is *slower* than fp32 although bit-ops count it "
+            f"{', '.join(f'{1 / BITOPS_RATIO[p]:.0f}x' for p in slower)} cheaper."
+        )
+    by = {(r.budget, r.method): r for r in rows}
+    for budget in sorted({r.budget for r in rows if r.method != INT8}):
+        meas, prox = by.get((budget, MEASURED)), by.get((budget, PROXY))
+        if prox is not None and not prox.met:
+            out.append(
+                f"{budget}: the proxy search MISSES the budget on measured latency: {prox.latency_ms:.3f} ms "
+                f"vs {prox.budget_ms:.3f} ms (+{(prox.latency_ms / prox.budget_ms - 1) * 100:.0f}%)."
+            )
+        if prox is not None and meas is not None:
+            worse = [
+                (n, p, meas.layer_precisions.get(n, "fp32"))
+                for n, p in prox.layer_precisions.items()
+                if ratio.get(p, 1.0) > ratio.get(meas.layer_precisions.get(n, "fp32"), 1.0) * 1.05
+            ]
+            if worse:
+                picks = sorted({f"{p} where measurement chose {m}" for _, p, m in worse})
+                out.append(
+                    f"{budget}: the proxy picked a slower precision than measurement for {len(worse)} layer(s): "
+                    f"{'; '.join(picks)}."
+                )
+            elif any(p in slower for p in prox.layer_precisions.values()):
+                out.append(
+                    f"{budget}: the proxy put layers in {', '.join(sorted(set(prox.layer_precisions.values()) & set(slower)))}, "
+                    "which measures slower than fp32 here."
+                )
+        if meas is not None:
+            others = [r for (b, m), r in by.items() if b in (budget, "any") and m not in (MEASURED, HEADLINE)]
+            within = [r for r in others if r.latency_ms <= meas.budget_ms]
+            best = max(within, key=lambda r: r.accuracy, default=None)
+            status = "met" if meas.met else "MISSED"
+            line = (
+                f"{budget}: hwcompress {meas.accuracy * 100:.2f}% at {meas.latency_ms:.3f} ms — budget "
+                f"{meas.budget_ms:.3f} ms {status} on measured latency"
+            )
+            if best is not None:
+                gap = (meas.accuracy - best.accuracy) * 100
+                goal = "goal met" if gap >= 0.5 and meas.met else "goal NOT met"
+                line += f"; best other method within budget: {best.method} {best.accuracy * 100:.2f}% ({gap:+.2f} pt; {goal}: >= +0.5 pt)"
+            else:
+                line += "; no other method met this budget"
+            out.append(line + ".")
+    head = by.get((next((r.budget for r in rows if r.method == HEADLINE), ""), HEADLINE))
+    if head is not None:
+        comp = base.file_bytes / head.file_bytes
+        speed = base.latency_ms / head.latency_ms
+        loss = (base.accuracy - head.accuracy) * 100
+        ok = comp >= 20 and speed >= 5 and loss <= 0.5
+        out.append(
+            f"Headline ({head.extra.get('headline', '')}): file {comp:.1f}x smaller (goal 20x), "
+            f"{speed:.2f}x faster measured (goal 5x), accuracy {base.accuracy * 100:.2f}% -> "
+            f"{head.accuracy * 100:.2f}% ({loss:+.2f} pt loss; goal <= 0.5) — {'all met' if ok else 'NOT all met'}."
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- output
+def table(base: Baseline, rows: list[Row]) -> str:
+    head = (
+        "| budget | method | acc % | Δ pt | lat ms (median) | p90 ms | speed-up | budget ms | met | peak MiB | "
+        "file KiB | compression | MMACs | precisions | search s | fine-tune s |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    budgets = sorted({(r.budget, r.budget_ms) for r in rows if r.budget_ms > 0 and r.method != HEADLINE})
+    lines.append(
+        f"| — | fp32 baseline | {base.accuracy * 100:.2f} | — | {base.latency_ms:.3f} | {base.p90_ms:.3f} | 1.00x | — | — | "
+        f"{base.peak_memory_bytes / 2**20:.1f} | {base.file_bytes / 1024:.0f} | 1.0x | {base.macs / 1e6:.1f} | fp32 | — | — |"
+    )
+    for r in rows:
+        if r.budget_ms > 0:
+            met = "yes" if r.met else "**NO**"
+        else:  # a budget-free row (all-int8): which budgets it meets
+            met = ", ".join(b for b, ms in budgets if r.latency_ms <= ms) or "none"
+        prec = " ".join(f"{k}:{v}" for k, v in sorted(r.precisions.items()))
+        lines.append(
+            f"| {r.budget} | {r.method} | {r.accuracy * 100:.2f} | {(r.accuracy - base.accuracy) * 100:+.2f} | "
+            f"{r.latency_ms:.3f} | {r.p90_ms:.3f} | {base.latency_ms / r.latency_ms:.2f}x | "
+            f"{r.budget_ms:.3f} | {met} | {r.peak_memory_bytes / 2**20:.1f} | {r.file_bytes / 1024:.0f} | "
+            f"{base.file_bytes / r.file_bytes:.1f}x | {r.macs / 1e6:.1f} | {prec} | {r.search_s:.0f} | {r.finetune_s:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def pareto_png(model: str, base: Baseline, rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    markers = {MEASURED: "o", PROXY: "s", UNIFORM: "^", GLOBAL: "v", INT8: "D", HEADLINE: "*"}
+    colours = {
+        MEASURED: "#d62728",
+        PROXY: "#1f77b4",
+        UNIFORM: "#2ca02c",
+        GLOBAL: "#9467bd",
+        INT8: "#8c564b",
+        HEADLINE: "#ff7f0e",
+    }
+    ax.scatter(
+        [base.latency_ms], [base.accuracy * 100], c="black", marker="X", s=70, label="fp32 baseline", zorder=3
+    )
+    for method in (*METHODS, HEADLINE):
+        pts = [r for r in rows if r.method == method]
+        if not pts:
+            continue
+        ax.scatter(
+            [r.latency_ms for r in pts],
+            [r.accuracy * 100 for r in pts],
+            marker=markers[method],
+            c=colours[method],
+            s=60,
+            label=method,
+            zorder=3,
+            edgecolors="black",
+            linewidths=0.4,
+        )
+        for r in pts:
+            if r.budget != "any":
+                ax.annotate(
+                    r.budget,
+                    (r.latency_ms, r.accuracy * 100),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+    for b in sorted({r.budget_ms for r in rows if r.budget_ms > 0 and r.method != HEADLINE}):
+        ax.axvline(b, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("measured latency, median (ms) — dotted: budgets")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{model}: accuracy vs measured latency")
+    lo = min([r.accuracy for r in rows] + [base.accuracy]) * 100
+    ax.set_ylim(max(lo - 1.0, 0), base.accuracy * 100 + 1.0)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def policy_png(row: Row, path: Path) -> None:
+    from hwcompress.artifact import read_manifest
+    from hwcompress.report import layers_plot
+
+    path.write_bytes(layers_plot(read_manifest(row.artifact)))
+
+
+def write_outputs(
+    work: Path,
+    target: str,
+    args: argparse.Namespace,
+    results: dict[str, tuple[Baseline, list[Row]]],
+    wall_s: float,
+) -> Path:
+    md = [
+        "# hwcompress results: measured-latency search vs proxies and peers' methods\n",
+        f"Target `{target}`, Fashion-MNIST test set{f' (first {args.test_images} images)' if args.test_images else ''}; "
+        f"searches: {args.episodes} pruning + {args.quant_episodes} precision episodes ({args.warmup} warm-up); "
+        f"every trained method: {args.finetune_epochs} epoch(s) of distillation fine-tuning. Latency = median of the "
+        f"target's profiler (ONNX Runtime, 1 thread); 'compression' = fp32 ONNX bytes / artifact bytes. "
+        f"Wall time of this run: {wall_s / 60:.0f} min.\n",
+        f"Reproduce: `.venv/bin/python tools/bench_compare.py {' '.join(sys.argv[1:])}`\n",
+    ]
+    all_rows: list[dict[str, Any]] = []
+    for model, (base, rows) in results.items():
+        md.append(f"## {model}\n")
+        md.append(table(base, rows) + "\n")
+        md.append("\n".join(f"- {f}" for f in findings(model, base, rows)) + "\n")
+        pareto_png(model, base, rows, work / f"pareto-{model}.png")
+        md.append(f"![Pareto {model}](pareto-{model}.png)\n")
+        winners = [
+            r for r in rows if r.method in (MEASURED, HEADLINE) and r.artifact and Path(r.artifact).exists()
+        ]
+        if winners:
+            win = max(winners, key=lambda r: (r.met, r.method == MEASURED, r.accuracy))
+            policy_png(win, work / f"policy-{model}.png")
+            md.append(
+                f"Per-layer policy of hwcompress at {win.budget} ({win.method}):\n\n![policy {model}](policy-{model}.png)\n"
+            )
+        all_rows += [asdict(r) | {"met": r.met} for r in rows]
+    (work / "rows.json").write_text(json.dumps(all_rows, indent=2))
+    out = work / "results.md"
+    out.write_text("\n".join(md))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="vgg-small,resnet-20,mobilenetv2-small")
+    ap.add_argument("--budgets", default="0.3,0.5,0.7", help="fractions of the measured fp32 baseline")
+    ap.add_argument(
+        "--methods",
+        default=",".join(SLUG[m] for m in (*METHODS, HEADLINE)),
+        help="subset of: measured,proxy,uniform,global,int8,headline",
+    )
+    ap.add_argument("--target", default="x86-cpu")
+    ap.add_argument("--episodes", type=int, default=40)
+    ap.add_argument("--quant-episodes", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--val-images", type=int, default=2000)
+    ap.add_argument("--test-images", type=int, default=None)
+    ap.add_argument("--headline-latency", default="0.2x")
+    ap.add_argument("--headline-size", default="0.05x")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-compare")
+    ap.add_argument("--fresh", action="store_true", help="redo rows already saved under --work")
+    ap.add_argument("--publish", type=Path, default=None, help="also copy results.md and the PNGs here")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="resnet-20 at 0.5x, 16+8 episodes (4 warm-up), 1000 val / 2000 test images",
+    )
+    args = ap.parse_args()
+    if args.quick:
+        args.models, args.budgets, args.episodes, args.quant_episodes, args.warmup = (
+            "resnet-20",
+            "0.5",
+            16,
+            8,
+            4,
+        )
+        args.val_images, args.test_images = 1000, 2000
+        if args.work == ROOT / "out" / "bench-compare":
+            args.work = ROOT / "out" / "bench-compare-quick"
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    wanted = {m for m in (*METHODS, HEADLINE) if SLUG[m] in args.methods.split(",")}
+    bench = Bench(args)
+    t0 = time.monotonic()
+    results: dict[str, tuple[Baseline, list[Row]]] = {}
+    for model in args.models.split(","):
+        base = bench.baseline(model)
+        rows: list[Row] = []
+        for frac in args.budgets.split(","):
+            budget = f"{float(frac):g}x"
+            budget_ms = float(frac) * base.latency_ms
+            for method in METHODS:
+                if method in wanted and method != INT8:
+                    rows.append(bench.row(model, budget, method, budget_ms))
+                    results[model] = (base, rows)
+                    write_outputs(args.work, args.target, args, results, time.monotonic() - t0)
+        if INT8 in wanted:
+            rows.append(bench.row(model, "any", INT8, 0.0))
+        if HEADLINE in wanted and model == "vgg-small":
+            rows.append(bench.row(model, args.headline_latency, HEADLINE, 0.0))
+        results[model] = (base, rows)
+        out = write_outputs(args.work, args.target, args, results, time.monotonic() - t0)
+    print(out.read_text())
+    if args.publish:
+        args.publish.mkdir(parents=True, exist_ok=True)
+        for f in [args.work / "results.md", *args.work.glob("*.png")]:
+            shutil.copy2(f, args.publish / f.name)
+        print(f"published to {args.publish}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-slow lint bench latency-check bench-check
+.PHONY: setup demo test test-slow lint bench latency-check bench-check bench-compare bench-compare-quick
 
 setup:
 	bash tools/setup.sh
@@ -27,3 +27,10 @@ latency-check: setup
 
 bench-check: setup
 	$(PY) tools/bench_check.py
+
+# issue 8: measured search vs proxies and peers' methods (hours for the full grid; rows resume)
+bench-compare: setup
+	$(PY) tools/bench_compare.py --publish tools/results
+
+bench-compare-quick: setup
+	$(PY) tools/bench_compare.py --quick

@@ -1,0 +1,134 @@
+"""The report logic of tools/bench_compare.py: what it says about proxies, budgets and goals.
+
+The rows are written by hand here (the benchmark itself takes hours); what is under test is that the
+report states a missed budget, a slower precision pick and an unmet goal plainly, and never claims a
+goal that the figures do not support.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_compare_under_test", TOOLS / "bench_compare.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+bc = _load()
+
+BASE = bc.Baseline(
+    model="vgg-small",
+    accuracy=0.9200,
+    latency_ms=2.0,
+    p90_ms=2.1,
+    peak_memory_bytes=10 * 2**20,
+    file_bytes=4_000_000,
+    macs=200_000_000,
+    params=1_000_000,
+    precision_ratio={"fp32": 1.0, "fp16": 0.97, "int8": 0.52, "int4": 1.83},
+)
+
+
+def row(method: str, acc: float, ms: float, *, budget: str = "0.5x", budget_ms: float = 1.0,
+        precisions: dict[str, str] | None = None, file_bytes: int = 1_000_000) -> object:
+    layers = precisions or {"conv1": "fp32", "conv2": "fp32"}
+    counts: dict[str, int] = {}
+    for p in layers.values():
+        counts[p] = counts.get(p, 0) + 1
+    return bc.Row(
+        model="vgg-small",
+        accuracy=acc,
+        latency_ms=ms,
+        p90_ms=ms * 1.05,
+        peak_memory_bytes=5 * 2**20,
+        file_bytes=file_bytes,
+        macs=50_000_000,
+        params=250_000,
+        budget=budget,
+        method=method,
+        budget_ms=budget_ms,
+        precisions=counts,
+        keep={n: 0.5 for n in layers},
+        layer_precisions=dict(layers),
+    )
+
+
+def test_proxy_over_budget_and_slower_precision_are_said_plainly() -> None:
+    rows = [
+        row(bc.MEASURED, 0.9190, 0.95, precisions={"conv1": "int8", "conv2": "int8"}),
+        row(bc.PROXY, 0.9195, 1.30, precisions={"conv1": "int4", "conv2": "int8"}),
+        row(bc.UNIFORM, 0.9100, 0.99),
+    ]
+    text = "\n".join(bc.findings("vgg-small", BASE, rows))
+    assert "proxy search MISSES the budget" in text and "+30%" in text
+    assert "slower precision than measurement for 1 layer(s): int4 where measurement chose int8" in text
+    assert "int4 is *slower* than fp32" in text
+    # the proxy is over budget, so the comparison is against uniform: +0.90 pt, goal met
+    assert "best other method within budget: uniform 91.00% (+0.90 pt; goal met" in text
+
+
+def test_goal_not_met_is_reported_not_hidden() -> None:
+    rows = [
+        row(bc.MEASURED, 0.9100, 0.98),
+        row(bc.GLOBAL, 0.9080, 0.97),  # only 0.2 pt behind: the +0.5 pt goal is not met
+        row(bc.UNIFORM, 0.9300, 1.20),  # more accurate but over budget: not a valid comparison
+    ]
+    text = "\n".join(bc.findings("vgg-small", BASE, rows))
+    assert "budget 1.000 ms met" in text
+    assert "global magnitude 90.80% (+0.20 pt; goal NOT met" in text
+    over = [row(bc.MEASURED, 0.9100, 1.05)]
+    assert "MISSED on measured latency" in "\n".join(bc.findings("vgg-small", BASE, over))
+
+
+def test_headline_goal_needs_all_three() -> None:
+    small_fast = row(bc.HEADLINE, 0.9160, 0.39, budget="0.2x", budget_ms=0.4, file_bytes=190_000)
+    small_fast.extra = {"headline": "latency 0.2x, size 0.05x"}
+    text = "\n".join(bc.findings("vgg-small", BASE, [small_fast]))
+    assert "21.1x smaller" in text and "5.13x faster" in text and "all met" in text and "NOT" not in text
+    lossy = row(bc.HEADLINE, 0.9100, 0.39, budget="0.2x", budget_ms=0.4, file_bytes=190_000)
+    assert "NOT all met" in "\n".join(bc.findings("vgg-small", BASE, [lossy]))
+
+
+def test_table_marks_missed_budgets_and_budget_free_rows() -> None:
+    rows = [
+        row(bc.MEASURED, 0.9190, 0.95),
+        row(bc.PROXY, 0.9195, 1.30),
+        row(bc.INT8, 0.9190, 1.04, budget="any", budget_ms=0.0),
+    ]
+    md = bc.table(BASE, rows)
+    lines = md.splitlines()
+    assert len(lines) == 2 + 1 + 3
+    assert "| **NO** |" in lines[4]  # the proxy row
+    assert lines[5].split("|")[9].strip() == "none"  # all-int8 at 1.04 ms meets no 1.0 ms budget
+    assert "4.0x" in lines[3]  # compression: 4 MB / 1 MB
+
+
+def test_goal_ceiling_is_explained_when_the_other_method_is_near_the_baseline() -> None:
+    rows = [row(bc.MEASURED, 0.9195, 0.97), row(bc.UNIFORM, 0.9184, 0.99)]
+    text = "\n".join(bc.findings("vgg-small", BASE, rows))
+    assert "goal NOT met" in text
+    assert "uniform is itself within 0.5 pt of the unpruned baseline (92.00%)" in text
+
+
+def test_searches_are_judged_against_the_common_budget() -> None:
+    searched = row(bc.MEASURED, 0.9195, 1.22, budget_ms=1.25)  # resolved against its own baseline reading
+    judged = bc.Bench._common(searched, 1.20)
+    assert judged.budget_ms == 1.20 and not judged.met
+    assert judged.extra["budget_ms_resolved"] == 1.25
+    fitted = bc.Bench._common(row(bc.UNIFORM, 0.91, 1.1, budget_ms=1.20), 1.30)
+    assert fitted.budget_ms == 1.20  # fitted methods already used the common budget
+    assert bc._mid([3.0, 1.0, 2.0]) == 2.0 and bc._mid([4.0, 1.0, 2.0, 3.0]) == 2.5
+
+
+def test_budget_fraction_parsing() -> None:
+    assert bc._fraction("0.5x") == 0.5 and bc._fraction("any") is None and bc._fraction("0.2x") == 0.2

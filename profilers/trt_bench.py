@@ -109,7 +109,8 @@ def parse_layer_precisions(text: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- CUDA via ctypes
-_CUDART_NAMES = ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so.10.2", "libcudart.so.10.0")
+_CUDART_NAMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so.10.2",
+                 "libcudart.so.10.0")
 
 
 def _cudart_candidates() -> list[str]:

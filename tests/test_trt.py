@@ -31,7 +31,7 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def _has_cuda() -> bool:
-    for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0"):
+    for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"):
         try:
             lib = ctypes.CDLL(name)
         except OSError:

@@ -132,3 +132,7 @@ def test_searches_are_judged_against_the_common_budget() -> None:
 
 def test_budget_fraction_parsing() -> None:
     assert bc._fraction("0.5x") == 0.5 and bc._fraction("any") is None and bc._fraction("0.2x") == 0.2
+
+
+def test_quiet_round_is_the_fastest_round() -> None:
+    assert bc._quiet([0.68, 0.49, 0.66], [0.75, 0.55, 0.70]) == (0.49, 0.55)

@@ -70,6 +70,15 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
                                                      manifest["baseline"]["measurement"]["latency"]["median_ms"]), rel=0.25)
     else:
         assert b1["credited"] == "" and b1["latency_ms"] == pytest.approx(b1["final_ms"] * 0.98)  # 2 % guard band
+    # a credit is checked on the stage-1 winner; where it does not hold, a candidate that meets the budget in fp32
+    check = s1["credit_check"]
+    if b1["credited"]:
+        assert check["precision"] == b1["credited"] and check["ratio_on_winner"] > 0
+        if check["fallback"]:
+            assert not check["holds"]
+            assert s1["best"]["measurement"]["latency"]["median_ms"] <= b1["final_ms"]
+    else:
+        assert check == {}
 
 
 def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -408,9 +409,13 @@ class Bench:
 
 
 def _fraction(budget: str) -> float | None:
+    """The ratio of a row's budget ("0.5x"), or None for a budget-free row ("any")."""
+    from hwcompress.errors import UsageError
+    from hwcompress.search.budget import parse_budget
+
     try:
-        return float(budget[:-1]) if budget.endswith("x") else None
-    except ValueError:
+        return parse_budget(budget, "budget").ratio
+    except UsageError:
         return None
 
 
@@ -425,10 +430,7 @@ def _quiet(medians: list[float], p90s: list[float]) -> tuple[float, float]:
     return medians[i], p90s[i]
 
 
-def _mid(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+_mid = statistics.median
 
 
 def _median(cand: dict[str, Any] | None) -> float | None:

@@ -455,33 +455,29 @@ class Search:
             return best, {}
         best_ms = best.measurement.latency.median_ms
         model = apply_policy(self.base.model, best.policy, self.shape, channel_multiple=self.target.channel_multiple)
-        model.eval()
+        model.eval()  # device_file (LiteRT targets) converts the model as it is
         fp32 = export_onnx(model, self.shape, self.run_dir / "stage1-check-fp32.onnx")
         ratio = self._precision_ratios(model, fp32, "stage1-check", best_ms, only=(prec,)).get(prec)
         info: dict[str, Any] = {"precision": prec, "ratio_unpruned": budget1.precision_ratios.get(prec),
                                 "ratio_on_winner": ratio, "winner_ms": best_ms, "holds": True, "fallback": ""}
-        if ratio is None or best_ms * ratio <= self.inner_ms:
-            self.reporter.message(f"credit check: {prec} at {ratio if ratio is not None else float('nan'):.2f}x "
-                                  f"on the stage-1 winner; {best_ms * (ratio or 1):.3f} ms within {self.inner_ms:.3f} ms")
+        if ratio is None:  # could not be measured: keep the winner (already logged)
+            return best, info
+        head = f"credit check: {prec} measures {ratio:.2f}x fp32 on the stage-1 winner, {best_ms * ratio:.3f} ms"
+        if best_ms * ratio <= self.inner_ms:
+            self.reporter.message(f"{head}, within {self.inner_ms:.3f} ms")
             return best, info
         info["holds"] = False
         fits = [c for c in seen if not c.error and c.measurement is not None
                 and c.measurement.latency.median_ms <= self.inner_ms]
         alt = max(fits, key=lambda c: c.reward, default=None)
-        if alt is None:
-            self.reporter.message(
-                f"credit check: {prec} measures {ratio:.2f}x fp32 on the stage-1 winner (not "
-                f"{budget1.precision_ratios.get(prec, 0):.2f}x): {best_ms * ratio:.3f} ms > {self.inner_ms:.3f} ms, and no "
-                "stage-1 candidate meets the budget in fp32; stage 2 will get as close as it can"
-            )
+        if alt is None or alt.measurement is None:
+            self.reporter.message(f"{head} > {self.inner_ms:.3f} ms and no stage-1 candidate meets the budget "
+                                  "in fp32; stage 2 will get as close as it can")
             return best, info
         info["fallback"] = alt.policy.digest()
-        self.reporter.message(
-            f"credit check: {prec} measures {ratio:.2f}x fp32 on the stage-1 winner (not "
-            f"{budget1.precision_ratios.get(prec, 0):.2f}x): {best_ms * ratio:.3f} ms > {self.inner_ms:.3f} ms; "
-            f"taking the best stage-1 candidate that meets the budget in fp32 "
-            f"({alt.measurement.latency.median_ms if alt.measurement else 0:.3f} ms, accuracy {alt.accuracy * 100:.1f}%)"
-        )
+        self.reporter.message(f"{head} > {self.inner_ms:.3f} ms; taking the best stage-1 candidate that meets the "
+                              f"budget in fp32 ({alt.measurement.latency.median_ms:.3f} ms, "
+                              f"accuracy {alt.accuracy * 100:.1f}%)")
         return alt, info
 
     def _stage1_budget(self) -> Stage1Budget:

@@ -707,6 +707,12 @@ def main() -> None:
         args.val_images, args.test_images = 1000, 2000
         if args.work == ROOT / "out" / "bench-compare":
             args.work = ROOT / "out" / "bench-compare-quick"
+    try:
+        fracs = [float(f) for f in args.budgets.split(",")]
+    except ValueError:
+        ap.error(f"--budgets {args.budgets!r}: give fractions of the baseline, e.g. 0.3,0.5,0.7")
+    if not all(0 < f <= 1 for f in fracs):
+        ap.error(f"--budgets {args.budgets!r}: each fraction must be in (0, 1]")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     wanted = {m for m in (*METHODS, HEADLINE) if SLUG[m] in args.methods.split(",")}
     bench = Bench(args)

@@ -113,6 +113,27 @@ def test_table_marks_missed_budgets_and_budget_free_rows() -> None:
     assert "4.0x" in lines[3]  # compression: 4 MB / 1 MB
 
 
+def test_goals_table_has_one_line_per_budget_against_the_best_method_within_it() -> None:
+    rows = [
+        row(bc.MEASURED, 0.9190, 0.95),
+        row(bc.PROXY, 0.9195, 1.30),  # over budget: not the comparison
+        row(bc.UNIFORM, 0.9100, 0.99),
+        row(bc.MEASURED, 0.9000, 0.62, budget="0.3x", budget_ms=0.6),  # over its budget
+        row(bc.GLOBAL, 0.8990, 0.58, budget="0.3x", budget_ms=0.6),
+        row(bc.UNIFORM, 0.9200, 0.95),  # a 0.5x row does not count at 0.3x
+    ]
+    lines = bc.goals_table({"vgg-small": (BASE, rows)}).splitlines()
+    assert len(lines) == 2 + 2
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    at3, at5 = cells
+    assert at3[1] == "0.3x" and at3[4] == "**NO**" and at3[5] == "global magnitude" and at3[8] == "not met"
+    assert at3[9] == "—"  # no proxy row at 0.3x
+    assert at5[5] == "uniform" and at5[6] == "92.00" and at5[7] == "-0.10" and at5[8] == "not met"
+    assert at5[9] == "1.30x budget, **MISSES**"
+    alone = bc.goals_table({"vgg-small": (BASE, [row(bc.MEASURED, 0.9190, 0.95)])}).splitlines()[2]
+    assert "| none | — | — | — |" in alone
+
+
 def test_goal_ceiling_is_explained_when_the_other_method_is_near_the_baseline() -> None:
     rows = [row(bc.MEASURED, 0.9195, 0.97), row(bc.UNIFORM, 0.9184, 0.99)]
     text = "\n".join(bc.findings("vgg-small", BASE, rows))

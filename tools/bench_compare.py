@@ -440,6 +440,43 @@ def _median(cand: dict[str, Any] | None) -> float | None:
 
 
 # --------------------------------------------------------------------------- findings
+def _best_other(rows: list[Row], meas: Row) -> Row | None:
+    """The most accurate other method that is within hwcompress's budget on measured latency."""
+    within = [
+        r
+        for r in rows
+        if r.budget in (meas.budget, "any") and r.method not in (MEASURED, HEADLINE) and r.latency_ms <= meas.budget_ms
+    ]
+    return max(within, key=lambda r: r.accuracy, default=None)
+
+
+def goals_table(results: dict[str, tuple[Baseline, list[Row]]]) -> str:
+    """One line per model and budget: hwcompress against the best other method within the same budget."""
+    head = (
+        "| model | budget | hwcompress acc % | lat / budget | met | best other within budget | acc % | gap pt | "
+        "+0.5 pt goal | proxy on measured latency |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for model, (base, rows) in results.items():
+        for meas in sorted((r for r in rows if r.method == MEASURED), key=lambda r: r.budget):
+            best = _best_other(rows, meas)
+            prox = next((r for r in rows if r.method == PROXY and r.budget == meas.budget), None)
+            gap = (meas.accuracy - best.accuracy) * 100 if best is not None else None
+            goal = "—" if gap is None else ("met" if gap >= 0.5 and meas.met else "not met")
+            proxy = (
+                "—"
+                if prox is None
+                else f"{prox.latency_ms / prox.budget_ms:.2f}x budget, " + ("met" if prox.met else "**MISSES**")
+            )
+            lines.append(
+                f"| {model} | {meas.budget} | {meas.accuracy * 100:.2f} | {meas.latency_ms / meas.budget_ms:.2f} | "
+                f"{'yes' if meas.met else '**NO**'} | {best.method if best else 'none'} | "
+                f"{f'{best.accuracy * 100:.2f}' if best else '—'} | "
+                f"{'—' if gap is None else f'{gap:+.2f}'} | {goal} | {proxy} |"
+            )
+    return "\n".join(lines)
+
+
 def findings(model: str, base: Baseline, rows: list[Row]) -> list[str]:
     """Plain statements on where a proxy went wrong, and the goals met or missed."""
     out: list[str] = []
@@ -486,9 +523,7 @@ def findings(model: str, base: Baseline, rows: list[Row]) -> list[str]:
                     "which measures slower than fp32 here."
                 )
         if meas is not None:
-            others = [r for (b, m), r in by.items() if b in (budget, "any") and m not in (MEASURED, HEADLINE)]
-            within = [r for r in others if r.latency_ms <= meas.budget_ms]
-            best = max(within, key=lambda r: r.accuracy, default=None)
+            best = _best_other(rows, meas)
             status = "met" if meas.met else "MISSED"
             line = (
                 f"{budget}: hwcompress {meas.accuracy * 100:.2f}% at {meas.latency_ms:.3f} ms — budget "
@@ -633,6 +668,8 @@ def write_outputs(
         f"(rows saved by an earlier invocation are not redone; their search and fine-tune seconds are in the table).\n",
         f"Reproduce: `.venv/bin/python tools/bench_compare.py {' '.join(sys.argv[1:])}`\n",
     ]
+    if any(r.method == MEASURED for _, rows in results.values() for r in rows):
+        md += ["## Goals at a glance\n", goals_table(results) + "\n"]
     all_rows: list[dict[str, Any]] = []
     for model, (base, rows) in results.items():
         md.append(f"## {model}\n")

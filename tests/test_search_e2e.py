@@ -79,6 +79,12 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
             assert s1["best"]["measurement"]["latency"]["median_ms"] <= b1["final_ms"]
     else:
         assert check == {}
+    # a winner that missed what stage 1 had to reach in fp32 was brought within it on measured latency
+    repair = s1["repair"]
+    if repair:
+        assert repair["from_ms"] > repair["need_ms"]
+        if repair["met"]:
+            assert s1["best"]["measurement"]["latency"]["median_ms"] == repair["to_ms"] <= repair["need_ms"]
 
 
 def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -164,3 +164,57 @@ def test_reward_penalises_excess_in_proportion() -> None:
     assert not within_budget(Costs(latency=4.0, latency_budget=5.0, size=2.0, size_budget=1.0))
     faster = accuracy_within_budget(0.9, Costs(latency=2.0, latency_budget=5.0, latency_ref=4.0), speed_weight=0.1)
     assert faster > within
+
+
+class _Device:
+    """A stand-in for evaluator + target: latency = 0.1 + sum of keep ratios (ms), accuracy = mean keep."""
+
+    def __init__(self) -> None:
+        self.calls: list[CompressionPolicy] = []
+
+    def __call__(self, policy: CompressionPolicy) -> EpisodeOutcome:
+        from hwcompress.records import Candidate, LatencyStats, Measurement, MeasureSettings
+
+        self.calls.append(policy)
+        keep = [policy.keep.get(f"conv{i}", 1.0) for i in range(4)]
+        ms = 0.1 + sum(keep)
+        lat = LatencyStats(median_ms=ms, p10_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, cv=0.0, n=10)
+        meas = Measurement(target="x86-cpu", model_sha256="ab" * 32, latency=lat, peak_memory_bytes=1, model_bytes=1,
+                           load_ms=1.0, runtime="onnxruntime", runtime_version="1", device="cpu",
+                           settings=MeasureSettings(), threads=1, timestamp="2026-11-30T00:00:00Z", profiler_version="1")
+        acc = float(np.mean(keep))
+        cand = Candidate(policy=policy, stage="prune", accuracy=acc, macs=1, params=1, reward=acc, seconds=0.0,
+                         measurement=meas)
+        return EpisodeOutcome(acc, {"candidate": cand})
+
+
+def _repair(need_ms: float, winner: dict[str, float]) -> tuple[object, dict, _Device]:
+    from types import SimpleNamespace
+
+    from hwcompress.search.run import NullReporter, Search
+
+    device = _Device()
+    env = PruneEnv(_layers(), device, lower_bound=0.25, channel_multiple=4)
+    best = device(CompressionPolicy(keep=winner)).info["candidate"]
+    fake = SimpleNamespace(reporter=NullReporter(), cfg=SimpleNamespace(lower_bound=0.25))
+    found, info = Search._repair(fake, env, device, best, need_ms)  # type: ignore[arg-type]
+    return found, info, device
+
+
+def test_repair_brings_an_over_budget_winner_within_budget_on_measured_latency() -> None:
+    # winner: 0.1 + 1 + 0.5 + 1 + 0.25 = 2.85 ms; floors 0.25 each -> 1.1 ms; need 2.0 ms
+    found, info, device = _repair(2.0, {"conv1": 0.5, "conv3": 0.25})
+    ms = found.measurement.latency.median_ms
+    assert ms <= 2.0 and info["met"] and info["from_ms"] == pytest.approx(2.85)
+    assert ms > 1.8  # the largest fit the bisection found, not the floor (1.1 ms)
+    keep = [found.policy.keep.get(f"conv{i}", 1.0) for i in range(4)]
+    assert keep[3] == 0.25 and keep[0] > keep[1]  # the winner's shape is kept: shrunk towards the floor
+    for i, k in enumerate(keep):  # on the channel multiple (16(i+1) channels, multiple 4)
+        assert round(k * 16 * (i + 1)) % 4 == 0
+    assert info["steps"] == len(device.calls) - 1
+
+
+def test_repair_out_of_reach_says_so_and_keeps_the_fastest() -> None:
+    found, info, _ = _repair(1.0, {"conv1": 0.5})  # the floor measures 1.1 ms
+    assert not info["met"] and info["to_ms"] == pytest.approx(1.1)
+    assert found.measurement.latency.median_ms == pytest.approx(1.1)

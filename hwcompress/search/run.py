@@ -158,6 +158,18 @@ class SearchResult:
 # How much of a precision's measured speed-up on the baseline stage 1 may count on.
 STAGE1_MARGIN = 0.85
 PRECISION_ROUNDS = 3  # side-by-side rounds when measuring a precision's speed-up
+REPAIR_STEPS = 5  # bisection steps when a stage-1 winner is brought within its budget
+
+
+def _ms(cand: Candidate) -> float:
+    """A candidate's measured median latency (inf when it has none)."""
+    if cand.error or cand.measurement is None:
+        return float("inf")
+    return cand.measurement.latency.median_ms
+
+
+def _meets(cand: Candidate, budget_ms: float) -> bool:
+    return _ms(cand) <= budget_ms
 
 
 @dataclass(frozen=True)
@@ -424,6 +436,17 @@ class Search:
         if best is not None and budget1.credited:
             best, credit = self._check_credit(best, budget1, list(evaluator.state.seen.values()))
             best_within = best_within or bool(credit.get("fallback"))
+        # The fp32 latency the winner must reach by pruning alone: the stage-1 budget, or, where the
+        # credited precision was found not to pay off on the winner and no candidate fits, the real one.
+        need = None
+        if not budget1.credited:
+            need = budget1.latency_ms
+        elif credit.get("holds") is False and not credit.get("fallback"):
+            need = self.inner_ms
+        repair: dict[str, Any] = {}
+        if cfg.prune_cost == "measured" and best is not None and need is not None and not _meets(best, need):
+            best, repair = self._repair(env, evaluator, best, need)
+            best_within = best_within or bool(repair.get("met"))
         policy = best.policy if best else CompressionPolicy()
         self.latency_within = lat_model.within(0.10)
         atomic_write_text(out_file, json.dumps({
@@ -431,9 +454,58 @@ class Search:
             "within_budget": best_within, "candidates": evaluator.state.evaluated,
             "failures": evaluator.state.failures, "latency_model_within": list(self.latency_within),
             "latency_model_errors": lat_model.errors, "stage1_budget": budget1.to_dict(),
-            "credit_check": credit,
+            "credit_check": credit, "repair": repair,
         }, indent=2))
         return policy, best
+
+    def _repair(
+        self, env: PruneEnv, evaluator: PruneEvaluator, best: Candidate, need_ms: float
+    ) -> tuple[Candidate, dict[str, Any]]:
+        """Bring a stage-1 winner that misses ``need_ms`` within it, keeping the agent's per-layer shape.
+
+        Near a tight budget the latency model behind the action wall can be a few percent optimistic
+        (small convolutions do not slow down in proportion to their MACs), and every candidate the
+        agent tried may sit just over the budget.  The winner's keep ratios are then moved towards
+        each group's lower bound by one common fraction ``s`` (1 = the winner, 0 = every group at its
+        floor), and ``s`` is bisected on *measured* latency: the largest measured fit is taken.
+        Every step is an ordinary candidate (logged, cached, scored).
+        """
+        names = [la.name for la in env.layers]
+        start = np.array([best.policy.keep.get(n, 1.0) for n in names])
+        floor = np.array([env._choices(i)[0] for i in range(len(names))])
+
+        def at(s: float) -> Candidate:
+            keep = {n: env._round(i, floor[i] + s * (start[i] - floor[i])) for i, n in enumerate(names)}
+            return evaluator(CompressionPolicy(keep={n: k for n, k in keep.items() if k < 1.0})).info["candidate"]
+
+        from_ms = _ms(best)
+        info: dict[str, Any] = {"need_ms": need_ms, "from_ms": from_ms, "steps": 0, "scale": None, "met": False}
+        lowest = at(0.0)
+        info["steps"] = 1
+        if not _meets(lowest, need_ms):
+            self.reporter.message(
+                f"stage 1: the winner measures {from_ms:.3f} ms > {need_ms:.3f} ms and even every group at its lower "
+                f"bound (keep >= {self.cfg.lower_bound:g}) measures {_ms(lowest):.3f} ms: this budget is out of reach by pruning"
+            )
+            faster = lowest if _ms(lowest) < from_ms else best
+            info["to_ms"] = _ms(faster)
+            return faster, info
+        found, lo, hi = lowest, 0.0, 1.0
+        for _ in range(REPAIR_STEPS):
+            mid = (lo + hi) / 2.0
+            cand = at(mid)
+            info["steps"] += 1
+            if _meets(cand, need_ms):
+                found, lo = cand, mid
+            else:
+                hi = mid
+        info.update(scale=lo, met=True, to_ms=_ms(found))
+        self.reporter.message(
+            f"stage 1: the winner measured {from_ms:.3f} ms > {need_ms:.3f} ms; its keep ratios moved {1 - lo:.0%} of "
+            f"the way to the lower bound: {_ms(found):.3f} ms, accuracy {found.accuracy * 100:.1f}% "
+            f"({info['steps']} measured steps)"
+        )
+        return found, info
 
     def _check_credit(
         self, best: Candidate, budget1: Stage1Budget, seen: list[Candidate]

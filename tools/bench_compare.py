@@ -113,6 +113,7 @@ class Bench:
         self.shape = (1, *self.splits.input_shape)
         self.cache = MeasurementCache()
         self._bases: dict[str, Any] = {}
+        self.missing: list[str] = []  # rows --saved-only found no saved result for
 
     def trained(self, model: str) -> Any:
         from hwcompress.zoo.train import ensure_baseline
@@ -126,14 +127,17 @@ class Bench:
     def _row_file(self, model: str, budget: str, method: str) -> Path:
         return self.work / "rows" / f"{model}-{budget}-{SLUG[method]}.json"
 
-    def row(self, model: str, budget: str, method: str, budget_ms: float) -> Row:
-        """The row of one method, from --work when a run already made it."""
+    def row(self, model: str, budget: str, method: str, budget_ms: float) -> Row | None:
+        """The row of one method, from --work when a run already made it (None: not saved, --saved-only)."""
         path = self._row_file(model, budget, method)
         if path.exists() and not self.args.fresh:
             saved = Row(**json.loads(path.read_text()))
             stale = method == HEADLINE and saved.extra.get("finetune_epochs") != self.args.headline_finetune_epochs
             if not stale:
                 return self._common(saved, budget_ms)
+        if self.args.saved_only:
+            self.missing.append(f"{model} {budget} {method}")
+            return None
         print(f"[{time.strftime('%H:%M:%S')}] {model} {budget} {method} ...", flush=True)
         if method in (MEASURED, PROXY, HEADLINE):
             row = self.search(model, budget, method, budget_ms)
@@ -457,7 +461,7 @@ def goals_table(results: dict[str, tuple[Baseline, list[Row]]]) -> str:
         "+0.5 pt goal | proxy on measured latency |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for model, (base, rows) in results.items():
+    for model, (_base, rows) in results.items():
         for meas in sorted((r for r in rows if r.method == MEASURED), key=lambda r: r.budget):
             best = _best_other(rows, meas)
             prox = next((r for r in rows if r.method == PROXY and r.budget == meas.budget), None)
@@ -652,6 +656,7 @@ def write_outputs(
     args: argparse.Namespace,
     results: dict[str, tuple[Baseline, list[Row]]],
     wall_s: float,
+    missing: list[str] | None = None,
 ) -> Path:
     md = [
         "# hwcompress results: measured-latency search vs proxies and peers' methods\n",
@@ -668,6 +673,11 @@ def write_outputs(
         f"(rows saved by an earlier invocation are not redone; their search and fine-tune seconds are in the table).\n",
         f"Reproduce: `.venv/bin/python tools/bench_compare.py {' '.join(sys.argv[1:])}`\n",
     ]
+    if missing:
+        md.append(
+            f"**Not run for this publication** ({len(missing)} row(s) asked for but not saved; `--saved-only` "
+            f"reports saved rows only): {'; '.join(missing)}.\n"
+        )
     if any(r.method == MEASURED for _, rows in results.values() for r in rows):
         md += ["## Goals at a glance\n", goals_table(results) + "\n"]
     all_rows: list[dict[str, Any]] = []
@@ -728,6 +738,11 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="redo rows already saved under --work")
     ap.add_argument("--publish", type=Path, default=None, help="also copy results.md and the PNGs here")
     ap.add_argument(
+        "--saved-only",
+        action="store_true",
+        help="make no new rows: report (and re-measure) the rows already saved under --work, and list the missing",
+    )
+    ap.add_argument(
         "--quick",
         action="store_true",
         help="resnet-20 at 0.5x, 16+8 episodes (4 warm-up), 1000 val / 2000 test images",
@@ -762,17 +777,17 @@ def main() -> None:
             budget = f"{float(frac):g}x"
             budget_ms = float(frac) * base.latency_ms
             for method in METHODS:
-                if method in wanted and method != INT8:
-                    rows.append(bench.row(model, budget, method, budget_ms))
+                if method in wanted and method != INT8 and (r := bench.row(model, budget, method, budget_ms)):
+                    rows.append(r)
                     results[model] = (base, rows)
-                    write_outputs(args.work, args.target, args, results, time.monotonic() - t0)
-        if INT8 in wanted:
-            rows.append(bench.row(model, "any", INT8, 0.0))
-        if HEADLINE in wanted and model == "vgg-small":
-            rows.append(bench.row(model, args.headline_latency, HEADLINE, 0.0))
+                    write_outputs(args.work, args.target, args, results, time.monotonic() - t0, bench.missing)
+        if INT8 in wanted and (r := bench.row(model, "any", INT8, 0.0)):
+            rows.append(r)
+        if HEADLINE in wanted and model == "vgg-small" and (r := bench.row(model, args.headline_latency, HEADLINE, 0.0)):
+            rows.append(r)
         base = bench.remeasure(model, base, rows)
         results[model] = (base, rows)
-        out = write_outputs(args.work, args.target, args, results, time.monotonic() - t0)
+        out = write_outputs(args.work, args.target, args, results, time.monotonic() - t0, bench.missing)
     print(out.read_text())
     if args.publish:
         args.publish.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ Output: results.md (tables, goals, findings), pareto-<model>.png, policy-<model>
     .venv/bin/python tools/bench_compare.py               # 3 models x budgets 0.3/0.5/0.7 (hours on 2 cores)
     .venv/bin/python tools/bench_compare.py --quick       # resnet-20 at 0.5x, short searches (~20 min)
     .venv/bin/python tools/bench_compare.py --models vgg-small --budgets 0.5 --publish tools/results
+    .venv/bin/python tools/bench_compare.py --saved-only --publish tools/results   # no new rows: re-measure, publish
 """
 
 from __future__ import annotations

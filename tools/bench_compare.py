@@ -766,6 +766,8 @@ def main() -> None:
         ap.error(f"--budgets {args.budgets!r}: give fractions of the baseline, e.g. 0.3,0.5,0.7")
     if not all(0 < f <= 1 for f in fracs):
         ap.error(f"--budgets {args.budgets!r}: each fraction must be in (0, 1]")
+    if args.fresh and args.saved_only:
+        ap.error("--fresh redoes saved rows and --saved-only makes none: give one of them")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     wanted = {m for m in (*METHODS, HEADLINE) if SLUG[m] in args.methods.split(",")}
     bench = Bench(args)

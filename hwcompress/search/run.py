@@ -479,9 +479,8 @@ class Search:
             return evaluator(CompressionPolicy(keep={n: k for n, k in keep.items() if k < 1.0})).info["candidate"]
 
         from_ms = _ms(best)
-        info: dict[str, Any] = {"need_ms": need_ms, "from_ms": from_ms, "steps": 0, "scale": None, "met": False}
         lowest = at(0.0)
-        info["steps"] = 1
+        info: dict[str, Any] = {"need_ms": need_ms, "from_ms": from_ms, "steps": 1, "scale": None, "met": False}
         if not _meets(lowest, need_ms):
             self.reporter.message(
                 f"stage 1: the winner measures {from_ms:.3f} ms > {need_ms:.3f} ms and even every group at its lower "
@@ -523,9 +522,9 @@ class Search:
         from hwcompress.prune import apply_policy
 
         prec = budget1.credited
-        if best.measurement is None:
+        if not _meets(best, float("inf")):  # failed or unmeasured: nothing to check
             return best, {}
-        best_ms = best.measurement.latency.median_ms
+        best_ms = _ms(best)
         model = apply_policy(self.base.model, best.policy, self.shape, channel_multiple=self.target.channel_multiple)
         model.eval()  # device_file (LiteRT targets) converts the model as it is
         fp32 = export_onnx(model, self.shape, self.run_dir / "stage1-check-fp32.onnx")
@@ -539,16 +538,14 @@ class Search:
             self.reporter.message(f"{head}, within {self.inner_ms:.3f} ms")
             return best, info
         info["holds"] = False
-        fits = [c for c in seen if not c.error and c.measurement is not None
-                and c.measurement.latency.median_ms <= self.inner_ms]
-        alt = max(fits, key=lambda c: c.reward, default=None)
-        if alt is None or alt.measurement is None:
+        alt = max((c for c in seen if _meets(c, self.inner_ms)), key=lambda c: c.reward, default=None)
+        if alt is None:
             self.reporter.message(f"{head} > {self.inner_ms:.3f} ms and no stage-1 candidate meets the budget "
                                   "in fp32; stage 2 will get as close as it can")
             return best, info
         info["fallback"] = alt.policy.digest()
         self.reporter.message(f"{head} > {self.inner_ms:.3f} ms; taking the best stage-1 candidate that meets the "
-                              f"budget in fp32 ({alt.measurement.latency.median_ms:.3f} ms, "
+                              f"budget in fp32 ({_ms(alt):.3f} ms, "
                               f"accuracy {alt.accuracy * 100:.1f}%)")
         return alt, info
 

@@ -70,6 +70,13 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
                                                      manifest["baseline"]["measurement"]["latency"]["median_ms"]), rel=0.25)
     else:
         assert b1["credited"] == "" and b1["latency_ms"] == pytest.approx(b1["final_ms"] * 0.98)  # 2 % guard band
+    # the budget is resolved against the baseline's fastest of 3 fresh profiles, kept in baseline.json
+    from hwcompress.search.budget import parse_budget
+
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    base = json.loads((tmp_path / "run" / "baseline.json").read_text())
+    assert b1["final_ms"] == pytest.approx(
+        parse_budget(cfg["latency_budget"], "--latency-budget").resolve(base["latency"]["median_ms"]))
     # a credit is checked on the stage-1 winner; where it does not hold, a candidate that meets the budget in fp32
     check = s1["credit_check"]
     if b1["credited"]:
@@ -85,6 +92,14 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
         assert repair["from_ms"] > repair["need_ms"]
         if repair["met"]:
             assert s1["best"]["measurement"]["latency"]["median_ms"] == repair["to_ms"] <= repair["need_ms"]
+    # a winner that left budget unused grew into it on measured latency (never after a repair)
+    grow = s1["grow"]
+    if grow:
+        assert not repair
+        if grow["grown"]:
+            assert s1["best"]["measurement"]["latency"]["median_ms"] == grow["to_ms"] <= grow["target_ms"]
+            if b1["credited"] and not check["fallback"]:
+                assert grow["ratio_on_grown"] * grow["to_ms"] <= b1["final_ms"] * 0.98
 
 
 def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) -> None:
@@ -103,6 +118,7 @@ def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) ->
         proc.wait(timeout=30)
     before = _lines(log)
     assert len(before) >= 3
+    baseline = (tmp_path / "kill" / "baseline.json").read_text()
     ckpt_state = json.loads((tmp_path / "kill" / "ckpt" / "prune-state.json").read_text())
     done = ckpt_state["progress"]["episodes"]
     assert done >= len(before) - 1  # at most the episode in flight is lost
@@ -118,3 +134,4 @@ def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) ->
     episodes = [ln["episode"] for ln in prune]
     assert max(episodes) <= 7 and episodes == sorted(episodes)
     assert (tmp_path / "kill-artifact" / "manifest.json").is_file()
+    assert (tmp_path / "kill" / "baseline.json").read_text() == baseline  # the same budget after resume

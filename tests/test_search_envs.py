@@ -218,3 +218,58 @@ def test_repair_out_of_reach_says_so_and_keeps_the_fastest() -> None:
     found, info, _ = _repair(1.0, {"conv1": 0.5})  # the floor measures 1.1 ms
     assert not info["met"] and info["to_ms"] == pytest.approx(1.1)
     assert found.measurement.latency.median_ms == pytest.approx(1.1)
+
+
+def _grow(winner: dict[str, float], *, need_ms: float | None = None, inner_ms: float = 10.0, credited: str = "",
+          ratio_on_winner: float | None = None, ratio_on_grown: float | None = None) -> tuple[object, dict, _Device]:
+    from types import SimpleNamespace
+
+    from hwcompress.search.run import NullReporter, Search, Stage1Budget
+
+    device = _Device()
+    env = PruneEnv(_layers(), device, lower_bound=0.25, channel_multiple=4)
+    best = device(CompressionPolicy(keep=winner)).info["candidate"]
+    asked: list[str] = []
+
+    def credited_ratio(cand: object, prec: str, stem: str) -> float | None:
+        asked.append(prec)
+        return ratio_on_grown
+
+    fake = SimpleNamespace(reporter=NullReporter(), inner_ms=inner_ms, _credited_ratio=credited_ratio)
+    budget1 = Stage1Budget(final_ms=inner_ms, latency_ms=need_ms or inner_ms, size_bytes=None,
+                           precision_ratios={}, credited=credited)
+    credit = {"precision": credited, "holds": True, "fallback": "", "ratio_on_winner": ratio_on_winner} if credited else {}
+    found, info = Search._grow(fake, env, device, best, budget1, credit, need_ms)  # type: ignore[arg-type]
+    info["asked"] = asked
+    return found, info, device
+
+
+def test_grow_fills_the_unused_budget_on_measured_latency_keeping_the_shape() -> None:
+    # winner 2.85 ms, need 3.5 ms; unpruned (every group at 1) measures 4.1 ms
+    found, info, device = _grow({"conv1": 0.5, "conv3": 0.25}, need_ms=3.5)
+    ms = found.measurement.latency.median_ms
+    assert info["grown"] and info["from_ms"] == pytest.approx(2.85) and 3.3 < ms <= 3.5
+    keep = [found.policy.keep.get(f"conv{i}", 1.0) for i in range(4)]
+    assert keep[0] == 1.0 and 0.5 < keep[1] < 1.0 and 0.25 < keep[3] < keep[1]  # moved towards 1 together
+    for i, k in enumerate(keep):
+        assert round(k * 16 * (i + 1)) % 4 == 0
+    assert info["steps"] == len(device.calls) - 1 and info["asked"] == []
+
+
+def test_grow_takes_the_unpruned_model_when_it_fits_and_leaves_a_full_winner_alone() -> None:
+    found, info, _ = _grow({"conv1": 0.5}, need_ms=5.0)
+    assert info["grown"] and info["scale"] == 1.0 and found.policy.keep == {}
+    found, info, device = _grow({"conv1": 0.5}, need_ms=3.7)  # winner 3.6 ms: within 3 % of 3.7
+    assert not info["grown"] and info["steps"] == 0 and len(device.calls) == 1
+
+
+def test_grow_on_a_credited_precision_is_checked_on_the_grown_model() -> None:
+    # int8 measured 0.5x fp32 on the winner; inner 1.9 ms -> the fp32 model may grow to 1.9 / 0.5 * 0.92 = 3.496 ms
+    found, info, _ = _grow({"conv1": 0.5, "conv3": 0.25}, inner_ms=1.9, credited="int8", ratio_on_winner=0.5,
+                           ratio_on_grown=0.52)
+    assert info["target_ms"] == pytest.approx(3.496) and info["grown"] and info["asked"] == ["int8"]
+    assert found.measurement.latency.median_ms <= 3.496 and info["ratio_on_grown"] == 0.52
+    # int8 no longer pays off on the grown model (0.9x): the winner is kept
+    found, info, _ = _grow({"conv1": 0.5, "conv3": 0.25}, inner_ms=1.9, credited="int8", ratio_on_winner=0.5,
+                           ratio_on_grown=0.9)
+    assert not info["grown"] and found.measurement.latency.median_ms == pytest.approx(2.85)

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -158,7 +159,13 @@ class SearchResult:
 # How much of a precision's measured speed-up on the baseline stage 1 may count on.
 STAGE1_MARGIN = 0.85
 PRECISION_ROUNDS = 3  # side-by-side rounds when measuring a precision's speed-up
+BASELINE_ROUNDS = 3  # fresh profiles of the baseline; the fastest round's median sets the budget
 REPAIR_STEPS = 5  # bisection steps when a stage-1 winner is brought within its budget
+GROW_STEPS = 4  # bisection steps when a stage-1 winner grows into budget it left unused
+GROW_MIN_GAP = 0.03  # a winner this far (relative) under what it may reach grows
+# Where a precision's speed-up is credited, the grown fp32 model is held to this fraction of what the
+# credited precision's measured ratio on the winner allows: stage 2 keeps room for layers that stay fp32.
+GROW_CREDIT_MARGIN = 0.92
 
 
 def _ms(cand: Candidate) -> float:
@@ -326,7 +333,6 @@ class Search:
         from hwcompress.export import export_onnx
         from hwcompress.macs import count_macs
         from hwcompress.profiling.cache import MeasurementCache
-        from hwcompress.profiling.measure import measure
         from hwcompress.targets import load_target
         from hwcompress.zoo.train import ensure_baseline
 
@@ -360,7 +366,7 @@ class Search:
             self.base_file = device_file(self.base.model, self.shape, self.run_dir / "baseline", self.target)
         self.reporter.message(f"measuring the baseline on {self.target.name}")
         per_node = self.target.runtime == "onnxruntime"
-        self.base_measurement = measure(self.base_file, self.target, cache=self.cache, per_node=per_node)
+        self.base_measurement = self._baseline_measurement(per_node)
         self.base_ms = self.base_measurement.latency.median_ms
         self.budget_ms = parse_budget(cfg.latency_budget, "--latency-budget").resolve(self.base_ms)
         # Candidates are held to a budget a guard band below the user's, so that the result still meets
@@ -380,6 +386,29 @@ class Search:
             f"baseline {self.base_ms:.3f} ms (spread {self.base_measurement.latency.robust_cv * 100:.1f}%), "
             f"accuracy {self.base.test_accuracy * 100:.2f}%; latency budget {self.budget_ms:.3f} ms"
         )
+
+    def _baseline_measurement(self, per_node: bool) -> Measurement:
+        """The baseline's measurement that a relative budget (``0.5x``) is resolved against.
+
+        One profile can land in a slow spell of a shared machine (seen here: MobileNetV2-small at
+        0.507 ms for one search, 0.353 ms minutes before and after), and a budget resolved against
+        it would be 44 % too loose.  The baseline is profiled ``BASELINE_ROUNDS`` times and the
+        fastest round's median is taken — the machine's quiet state, as the artifact's own check
+        and ``bench_compare`` judge it.  The choice is kept in ``baseline.json`` so that a resumed
+        search holds the same budget.
+        """
+        from hwcompress.profiling.measure import measure
+
+        saved = self.run_dir / "baseline.json"
+        if self.resume and saved.is_file():
+            return Measurement.from_dict(json.loads(saved.read_text()))
+        rounds = [measure(self.base_file, self.target, cache=self.cache, per_node=per_node, force=r > 0)
+                  for r in range(BASELINE_ROUNDS)]
+        best = min(rounds, key=lambda m: m.latency.median_ms)
+        if len(rounds) > 1:
+            log.info("baseline medians per round: %s ms", ", ".join(f"{m.latency.median_ms:.3f}" for m in rounds))
+        atomic_write_text(saved, json.dumps(best.to_dict(), indent=2))
+        return best
 
     def _agent_cfg(self, warmup: int) -> AgentConfig:
         return AgentConfig(name=self.cfg.agent, warmup_episodes=warmup, seed=self.cfg.seed)
@@ -447,6 +476,9 @@ class Search:
         if cfg.prune_cost == "measured" and best is not None and need is not None and not _meets(best, need):
             best, repair = self._repair(env, evaluator, best, need)
             best_within = best_within or bool(repair.get("met"))
+        grow: dict[str, Any] = {}
+        if cfg.prune_cost == "measured" and best is not None and not repair and _meets(best, float("inf")):
+            best, grow = self._grow(env, evaluator, best, budget1, credit, need)
         policy = best.policy if best else CompressionPolicy()
         self.latency_within = lat_model.within(0.10)
         atomic_write_text(out_file, json.dumps({
@@ -454,9 +486,37 @@ class Search:
             "within_budget": best_within, "candidates": evaluator.state.evaluated,
             "failures": evaluator.state.failures, "latency_model_within": list(self.latency_within),
             "latency_model_errors": lat_model.errors, "stage1_budget": budget1.to_dict(),
-            "credit_check": credit, "repair": repair,
+            "credit_check": credit, "repair": repair, "grow": grow,
         }, indent=2))
         return policy, best
+
+    @staticmethod
+    def _line(env: PruneEnv, evaluator: PruneEvaluator, start: np.ndarray, end: np.ndarray) -> Callable[[float], Candidate]:
+        """Candidates on the line from keep ratios ``start`` (s = 0) to ``end`` (s = 1), on the channel multiple."""
+        names = [la.name for la in env.layers]
+
+        def at(s: float) -> Candidate:
+            keep = {n: env._round(i, start[i] + s * (end[i] - start[i])) for i, n in enumerate(names)}
+            return evaluator(CompressionPolicy(keep={n: k for n, k in keep.items() if k < 1.0})).info["candidate"]
+
+        return at
+
+    @staticmethod
+    def _bisect(at: Callable[[float], Candidate], found: Candidate, need_ms: float, steps: int) -> tuple[Candidate, float, int]:
+        """Largest ``s`` in [0, 1) whose candidate measures within ``need_ms``; ``found`` (s = 0) does."""
+        lo, hi = 0.0, 1.0
+        for _ in range(steps):
+            mid = (lo + hi) / 2.0
+            cand = at(mid)
+            if _meets(cand, need_ms):
+                found, lo = cand, mid
+            else:
+                hi = mid
+        return found, lo, steps
+
+    @staticmethod
+    def _keep_vector(env: PruneEnv, cand: Candidate) -> np.ndarray:
+        return np.array([cand.policy.keep.get(la.name, 1.0) for la in env.layers])
 
     def _repair(
         self, env: PruneEnv, evaluator: PruneEvaluator, best: Candidate, need_ms: float
@@ -466,18 +526,13 @@ class Search:
         Near a tight budget the latency model behind the action wall can be a few percent optimistic
         (small convolutions do not slow down in proportion to their MACs), and every candidate the
         agent tried may sit just over the budget.  The winner's keep ratios are then moved towards
-        each group's lower bound by one common fraction ``s`` (1 = the winner, 0 = every group at its
-        floor), and ``s`` is bisected on *measured* latency: the largest measured fit is taken.
+        each group's lower bound by one common fraction (0 = the winner, 1 = every group at its
+        floor), bisected on *measured* latency: the smallest move that measures within is taken.
         Every step is an ordinary candidate (logged, cached, scored).
         """
-        names = [la.name for la in env.layers]
-        start = np.array([best.policy.keep.get(n, 1.0) for n in names])
-        floor = np.array([env._choices(i)[0] for i in range(len(names))])
-
-        def at(s: float) -> Candidate:
-            keep = {n: env._round(i, floor[i] + s * (start[i] - floor[i])) for i, n in enumerate(names)}
-            return evaluator(CompressionPolicy(keep={n: k for n, k in keep.items() if k < 1.0})).info["candidate"]
-
+        start = Search._keep_vector(env, best)
+        floor = np.array([env._choices(i)[0] for i in range(len(env.layers))])
+        at = Search._line(env, evaluator, floor, start)  # s = 0: the floor, s = 1: the winner
         from_ms = _ms(best)
         lowest = at(0.0)
         info: dict[str, Any] = {"need_ms": need_ms, "from_ms": from_ms, "steps": 1, "scale": None, "met": False}
@@ -489,15 +544,8 @@ class Search:
             faster = lowest if _ms(lowest) < from_ms else best
             info["to_ms"] = _ms(faster)
             return faster, info
-        found, lo, hi = lowest, 0.0, 1.0
-        for _ in range(REPAIR_STEPS):
-            mid = (lo + hi) / 2.0
-            cand = at(mid)
-            info["steps"] += 1
-            if _meets(cand, need_ms):
-                found, lo = cand, mid
-            else:
-                hi = mid
+        found, lo, steps = Search._bisect(at, lowest, need_ms, REPAIR_STEPS)
+        info["steps"] += steps
         info.update(scale=lo, met=True, to_ms=_ms(found))
         self.reporter.message(
             f"stage 1: the winner measured {from_ms:.3f} ms > {need_ms:.3f} ms; its keep ratios moved {1 - lo:.0%} of "
@@ -505,6 +553,75 @@ class Search:
             f"({info['steps']} measured steps)"
         )
         return found, info
+
+    def _grow(
+        self, env: PruneEnv, evaluator: PruneEvaluator, best: Candidate, budget1: Stage1Budget,
+        credit: dict[str, Any], need: float | None,
+    ) -> tuple[Candidate, dict[str, Any]]:
+        """Let a stage-1 winner that leaves budget unused grow into it, on measured latency.
+
+        The agent's winner often measures 5-10 % under what it may reach (its action wall works on a
+        latency model, and episodes are few), while uniform pruning fitted by bisection sits at the
+        budget itself: the unused latency is capacity given away.  The winner's keep ratios are moved
+        towards each group's upper bound by one common fraction (0 = the winner, 1 = unpruned), the
+        largest fraction that measures within the target is taken, bisected on measured latency.
+        The target is what stage 1 must reach in fp32; where a lower precision's speed-up is credited
+        and held on the winner, it is the inner budget over that precision's ratio measured on the
+        winner (times ``GROW_CREDIT_MARGIN``), and the grown model's own ratio is measured again: if
+        the credit no longer holds there, the winner is kept.
+        """
+        prec = budget1.credited if credit.get("holds") and not credit.get("fallback") else ""
+        ratio: float | None = credit.get("ratio_on_winner") if prec else None
+        if prec and not ratio:
+            return best, {}
+        if prec and ratio:
+            target = self.inner_ms / ratio * GROW_CREDIT_MARGIN
+        else:
+            target = need if need is not None else self.inner_ms
+        from_ms = _ms(best)
+        info: dict[str, Any] = {"target_ms": target, "from_ms": from_ms, "credited": prec, "steps": 0, "scale": 0.0,
+                                "grown": False}
+        if from_ms >= target * (1.0 - GROW_MIN_GAP):
+            return best, info
+        start = Search._keep_vector(env, best)
+        ceil = np.array([env._choices(i)[-1] for i in range(len(env.layers))])
+        at = Search._line(env, evaluator, start, ceil)
+        top = at(1.0)
+        info["steps"] = 1
+        if _meets(top, target):
+            found, scale = top, 1.0
+        else:
+            found, scale, steps = Search._bisect(at, best, target, GROW_STEPS)
+            info["steps"] += steps
+        info.update(scale=scale, to_ms=_ms(found))
+        if found is best or found.policy.digest() == best.policy.digest():
+            return best, info
+        if prec:  # the credited precision must still pay off on the grown model
+            after = self._credited_ratio(found, prec, "stage1-grow")
+            info["ratio_on_grown"] = after
+            if after is None or _ms(found) * after > self.inner_ms:
+                shown = "could not be measured" if after is None else f"measures {after:.2f}x fp32 there"
+                self.reporter.message(f"stage 1: grown winner kept back: {prec} {shown}, "
+                                      f"{_ms(found):.3f} ms in fp32 (stage 2 must reach {self.inner_ms:.3f} ms)")
+                info["to_ms"] = from_ms
+                return best, info
+        info["grown"] = True
+        self.reporter.message(
+            f"stage 1: the winner measured {from_ms:.3f} ms, under the {target:.3f} ms it may reach; its keep ratios "
+            f"moved {scale:.0%} of the way to unpruned: {_ms(found):.3f} ms, accuracy {found.accuracy * 100:.1f}% "
+            f"({info['steps']} measured steps)"
+        )
+        return found, info
+
+    def _credited_ratio(self, cand: Candidate, prec: str, stem: str) -> float | None:
+        """Measured latency of ``cand`` at ``prec`` over its fp32 self, side by side."""
+        from hwcompress.export import export_onnx
+        from hwcompress.prune import apply_policy
+
+        model = apply_policy(self.base.model, cand.policy, self.shape, channel_multiple=self.target.channel_multiple)
+        model.eval()  # device_file (LiteRT targets) converts the model as it is
+        fp32 = export_onnx(model, self.shape, self.run_dir / f"{stem}-fp32.onnx")
+        return self._precision_ratios(model, fp32, stem, _ms(cand), only=(prec,)).get(prec)
 
     def _check_credit(
         self, best: Candidate, budget1: Stage1Budget, seen: list[Candidate]
@@ -518,17 +635,11 @@ class Search:
         the most rewarding stage-1 candidate that meets the budget in fp32 alone takes its place
         (when there is one), so that stage 2 starts from a model that can meet the budget.
         """
-        from hwcompress.export import export_onnx
-        from hwcompress.prune import apply_policy
-
         prec = budget1.credited
         if not _meets(best, float("inf")):  # failed or unmeasured: nothing to check
             return best, {}
         best_ms = _ms(best)
-        model = apply_policy(self.base.model, best.policy, self.shape, channel_multiple=self.target.channel_multiple)
-        model.eval()  # device_file (LiteRT targets) converts the model as it is
-        fp32 = export_onnx(model, self.shape, self.run_dir / "stage1-check-fp32.onnx")
-        ratio = self._precision_ratios(model, fp32, "stage1-check", best_ms, only=(prec,)).get(prec)
+        ratio = self._credited_ratio(best, prec, "stage1-check")
         info: dict[str, Any] = {"precision": prec, "ratio_unpruned": budget1.precision_ratios.get(prec),
                                 "ratio_on_winner": ratio, "winner_ms": best_ms, "holds": True, "fallback": ""}
         if ratio is None:  # could not be measured: keep the winner (already logged)

@@ -405,8 +405,7 @@ class Search:
         rounds = [measure(self.base_file, self.target, cache=self.cache, per_node=per_node, force=r > 0)
                   for r in range(BASELINE_ROUNDS)]
         best = min(rounds, key=lambda m: m.latency.median_ms)
-        if len(rounds) > 1:
-            log.info("baseline medians per round: %s ms", ", ".join(f"{m.latency.median_ms:.3f}" for m in rounds))
+        log.info("baseline medians per round: %s ms", ", ".join(f"{m.latency.median_ms:.3f}" for m in rounds))
         atomic_write_text(saved, json.dumps(best.to_dict(), indent=2))
         return best
 
@@ -502,7 +501,7 @@ class Search:
         return at
 
     @staticmethod
-    def _bisect(at: Callable[[float], Candidate], found: Candidate, need_ms: float, steps: int) -> tuple[Candidate, float, int]:
+    def _bisect(at: Callable[[float], Candidate], found: Candidate, need_ms: float, steps: int) -> tuple[Candidate, float]:
         """Largest ``s`` in [0, 1) whose candidate measures within ``need_ms``; ``found`` (s = 0) does."""
         lo, hi = 0.0, 1.0
         for _ in range(steps):
@@ -512,7 +511,7 @@ class Search:
                 found, lo = cand, mid
             else:
                 hi = mid
-        return found, lo, steps
+        return found, lo
 
     @staticmethod
     def _keep_vector(env: PruneEnv, cand: Candidate) -> np.ndarray:
@@ -544,8 +543,8 @@ class Search:
             faster = lowest if _ms(lowest) < from_ms else best
             info["to_ms"] = _ms(faster)
             return faster, info
-        found, lo, steps = Search._bisect(at, lowest, need_ms, REPAIR_STEPS)
-        info["steps"] += steps
+        found, lo = Search._bisect(at, lowest, need_ms, REPAIR_STEPS)
+        info["steps"] += REPAIR_STEPS
         info.update(scale=lo, met=True, to_ms=_ms(found))
         self.reporter.message(
             f"stage 1: the winner measured {from_ms:.3f} ms > {need_ms:.3f} ms; its keep ratios moved {1 - lo:.0%} of "
@@ -574,7 +573,7 @@ class Search:
         ratio: float | None = credit.get("ratio_on_winner") if prec else None
         if prec and not ratio:
             return best, {}
-        if prec and ratio:
+        if ratio:  # set only where a credit holds
             target = self.inner_ms / ratio * GROW_CREDIT_MARGIN
         else:
             target = need if need is not None else self.inner_ms
@@ -591,10 +590,10 @@ class Search:
         if _meets(top, target):
             found, scale = top, 1.0
         else:
-            found, scale, steps = Search._bisect(at, best, target, GROW_STEPS)
-            info["steps"] += steps
+            found, scale = Search._bisect(at, best, target, GROW_STEPS)
+            info["steps"] += GROW_STEPS
         info.update(scale=scale, to_ms=_ms(found))
-        if found is best or found.policy.digest() == best.policy.digest():
+        if found.policy.digest() == best.policy.digest():
             return best, info
         if prec:  # the credited precision must still pay off on the grown model
             after = self._credited_ratio(found, prec, "stage1-grow")

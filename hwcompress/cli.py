@@ -456,6 +456,12 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
     hit, n = res.latency_model_within
     out.print(f"latency budget {res.budget_ms:.3f} ms (baseline {res.baseline_ms:.3f} ms); "
               f"{res.candidates} candidates; latency model within ±10% on {hit}/{n} unseen candidates")
+    verdict = getattr(res, "verdict", None) or {}
+    if verdict.get("tries"):
+        refits = len(verdict["tries"]) - 1
+        out.print(f"winner judged beside the baseline: {verdict['ratio']:.3f}x of it = {verdict['ms']:.3f} ms, "
+                  f"{'within' if verdict['met'] else 'OVER'} the {verdict['need_ms']:.3f} ms candidates are held to"
+                  + (f" ({refits} refit(s) after an optimistic reading)" if refits else ""))
     out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
     out.print(f"artifact: {res.artifact}\nrun folder: {res.run_dir}")
 

@@ -154,6 +154,7 @@ class SearchResult:
     latency_model_within: tuple[int, int]
     seconds: dict[str, float]
     candidates: int
+    verdict: dict[str, Any] = field(default_factory=dict)  # the final winner judged side by side with the baseline
 
 
 # How much of a precision's measured speed-up on the baseline stage 1 may count on.
@@ -166,6 +167,8 @@ GROW_MIN_GAP = 0.03  # a winner this far (relative) under what it may reach grow
 # Where a precision's speed-up is credited, the grown fp32 model is held to this fraction of what the
 # credited precision's measured ratio on the winner allows: stage 2 keeps room for layers that stay fp32.
 GROW_CREDIT_MARGIN = 0.92
+VERIFY_ROUNDS = 3  # interleaved fresh profiles, winner and baseline, that judge a stage's winner
+VERIFY_RETRIES = 2  # tighter fits tried after a winner is judged over its budget
 
 
 def _ms(cand: Candidate) -> float:
@@ -316,6 +319,7 @@ class Search:
         self.seconds: dict[str, float] = {}
         self.trust_new_host = False
         self.latency_within: tuple[int, int] = (0, 0)
+        self.verdict: dict[str, Any] = {}  # the last stage's winner judged beside the baseline (_verify)
 
     @classmethod
     def resume_from(cls, run_dir: Path, **kwargs: Any) -> Search:
@@ -423,6 +427,7 @@ class Search:
             best = Candidate.from_dict(data["best"]) if data.get("best") else None
             hit, n = data.get("latency_model_within", (0, 0))
             self.latency_within = (int(hit), int(n))
+            self.verdict = data.get("verify") or {}
             return CompressionPolicy.from_dict(data["policy"]), best
         groups = prunable_groups(self.base.model, self.shape)
         table = layer_table(self.base.model, self.shape)
@@ -478,6 +483,22 @@ class Search:
         grow: dict[str, Any] = {}
         if cfg.prune_cost == "measured" and best is not None and not repair and _meets(best, float("inf")):
             best, grow = self._grow(env, evaluator, best, budget1, credit, need)
+        # What the fp32 winner must meet by itself, judged beside the baseline: the stage-1 need, or the
+        # search's inner budget where the credited precision failed and a candidate within it took over.
+        verify_need = need if need is not None else (self.inner_ms if credit.get("fallback") else None)
+        verify: dict[str, Any] = {}
+        if cfg.prune_cost == "measured" and best is not None and verify_need is not None and _meets(best, verify_need):
+            refits: list[dict[str, Any]] = []
+
+            def refit(c: Candidate, ms: float) -> Candidate:
+                found, info = self._repair(env, evaluator, c, ms)
+                refits.append(info)
+                return found
+
+            best, verify = self._verify("stage 1", best, verify_need, refit)
+            verify["refits"] = refits
+            best_within = best_within or bool(verify.get("met"))
+            self.verdict = verify
         policy = best.policy if best else CompressionPolicy()
         self.latency_within = lat_model.within(0.10)
         atomic_write_text(out_file, json.dumps({
@@ -485,7 +506,7 @@ class Search:
             "within_budget": best_within, "candidates": evaluator.state.evaluated,
             "failures": evaluator.state.failures, "latency_model_within": list(self.latency_within),
             "latency_model_errors": lat_model.errors, "stage1_budget": budget1.to_dict(),
-            "credit_check": credit, "repair": repair, "grow": grow,
+            "credit_check": credit, "repair": repair, "grow": grow, "verify": verify,
         }, indent=2))
         return policy, best
 
@@ -501,16 +522,29 @@ class Search:
         return at
 
     @staticmethod
-    def _bisect(at: Callable[[float], Candidate], found: Candidate, need_ms: float, steps: int) -> tuple[Candidate, float]:
-        """Largest ``s`` in [0, 1) whose candidate measures within ``need_ms``; ``found`` (s = 0) does."""
+    def _bisect(
+        at: Callable[[float], Candidate], found: Candidate, need_ms: float, steps: int, miss: Candidate | None = None,
+    ) -> tuple[Candidate, float]:
+        """Largest ``s`` in [0, 1) whose candidate measures within ``need_ms``; ``found`` (s = 0) does.
+
+        ``miss`` is the candidate at s = 1 (over ``need_ms``) where known.  Each step tries the point
+        where the straight line through the bracket's two measured ends reaches ``need_ms``, kept
+        inside the bracket's middle 80 % (latency is close to linear along these lines, so a fit a
+        few percent under the winner is found in two or three steps, not the five of halving); the
+        midpoint where the far end's latency is unknown.
+        """
         lo, hi = 0.0, 1.0
+        ms_lo, ms_hi = _ms(found), _ms(miss) if miss is not None else float("inf")
         for _ in range(steps):
-            mid = (lo + hi) / 2.0
+            frac = 0.5
+            if ms_lo < need_ms < ms_hi < float("inf"):
+                frac = min(max((need_ms - ms_lo) / (ms_hi - ms_lo), 0.1), 0.9)
+            mid = lo + frac * (hi - lo)
             cand = at(mid)
             if _meets(cand, need_ms):
-                found, lo = cand, mid
+                found, lo, ms_lo = cand, mid, _ms(cand)
             else:
-                hi = mid
+                hi, ms_hi = mid, _ms(cand)
         return found, lo
 
     @staticmethod
@@ -543,7 +577,7 @@ class Search:
             faster = lowest if _ms(lowest) < from_ms else best
             info["to_ms"] = _ms(faster)
             return faster, info
-        found, lo = Search._bisect(at, lowest, need_ms, REPAIR_STEPS)
+        found, lo = Search._bisect(at, lowest, need_ms, REPAIR_STEPS, miss=best)
         info["steps"] += REPAIR_STEPS
         info.update(scale=lo, met=True, to_ms=_ms(found))
         self.reporter.message(
@@ -590,7 +624,7 @@ class Search:
         if _meets(top, target):
             found, scale = top, 1.0
         else:
-            found, scale = Search._bisect(at, best, target, GROW_STEPS)
+            found, scale = Search._bisect(at, best, target, GROW_STEPS, miss=top)
             info["steps"] += GROW_STEPS
         info.update(scale=scale, to_ms=_ms(found))
         if found.policy.digest() == best.policy.digest():
@@ -611,6 +645,100 @@ class Search:
             f"({info['steps']} measured steps)"
         )
         return found, info
+
+    def _candidate_file(self, cand: Candidate, model: nn.Module | None = None) -> Path:
+        """The file a stage's candidate was measured as (rebuilt from its policy if it is gone)."""
+        suffix = ".tflite" if self.target.runtime == "tflite" else ".onnx"
+        stem = self.workdir / f"{cand.stage}-{cand.policy.digest()}"
+        path = stem.with_suffix(suffix)
+        if path.is_file():
+            return path
+        from hwcompress.search.evaluator import device_file
+
+        if cand.stage == "prune":
+            from hwcompress.prune import apply_policy
+
+            pruned = apply_policy(self.base.model, cand.policy, self.shape, channel_multiple=self.target.channel_multiple)
+            pruned.eval()
+            return device_file(pruned, self.shape, stem, self.target)
+        assert model is not None
+        if self.target.runtime == "tflite":
+            return device_file(model, self.shape, stem, self.target, cand.policy, self.splits.calib.x)
+        from hwcompress.export import export_onnx
+        from hwcompress.quantize import quantize_onnx
+
+        fp32 = self.run_dir / "stage2-fp32.onnx"
+        if not fp32.is_file():
+            export_onnx(model, self.shape, fp32)
+        return quantize_onnx(fp32, path, cand.policy, self.splits.calib.x, self.target)
+
+    def _judge(self, path: Path) -> dict[str, Any]:
+        """``path`` profiled side by side with the baseline, fresh: its latency on the budget's scale.
+
+        The file and the baseline are profiled in ``VERIFY_ROUNDS`` interleaved rounds (order
+        alternating, nothing from the cache); the median of the per-round ratios times the
+        baseline latency the budget was resolved against is the verdict.  A ratio taken side by
+        side does not move with the machine's speed the way one profile does.
+        """
+        from hwcompress.profiling.measure import measure
+
+        rounds: list[list[float]] = []
+        for r in range(VERIFY_ROUNDS):
+            order = (self.base_file, path) if r % 2 == 0 else (path, self.base_file)
+            ms = {p: measure(p, self.target).latency.median_ms for p in order}
+            rounds.append([ms[self.base_file], ms[path]])
+        ratio = float(np.median([c / b for b, c in rounds]))
+        return {"ratio": ratio, "ms": ratio * self.base_ms, "rounds_ms": rounds}
+
+    def _verify(
+        self, stage: str, cand: Candidate, need_ms: float, retry: Callable[[Candidate, float], Candidate | None],
+        model: nn.Module | None = None,
+    ) -> tuple[Candidate, dict[str, Any]]:
+        """Judge a stage's winner side by side with the baseline before it is kept; refit it if it is over.
+
+        A winner's own profile is one reading (possibly cached, possibly taken in a quiet spell), and
+        the winner is the candidate whose reading fell lowest near the budget, so it is biased
+        towards looking fast: seen here, a MobileNetV2-small winner at 0.1049 ms against a 0.1050 ms
+        budget re-measured at 1.01x the user's budget.  The winner is judged with :meth:`_judge`;
+        if the verdict is over ``need_ms``, its reading was optimistic by ``verdict / reading``, and
+        ``retry`` is asked for the best candidate within ``need_ms`` scaled down by that factor (a
+        refit along the stage-1 repair line; the next best stage-2 candidate), which is judged in
+        turn, up to ``VERIFY_RETRIES`` times.  Kept: the first judged within, else the fastest judged.
+        """
+        info: dict[str, Any] = {"need_ms": need_ms, "tries": [], "met": False}
+        judged: list[tuple[float, Candidate]] = []
+        for attempt in range(VERIFY_RETRIES + 1):
+            try:
+                verdict = self._judge(self._candidate_file(cand, model))
+            except HwcompressError as exc:  # cannot judge: keep what the search measured
+                info["error"] = str(exc)
+                self.reporter.message(f"{stage}: the winner could not be measured beside the baseline: {exc}")
+                break
+            verdict.update(policy=cand.policy.digest(), single_ms=_ms(cand))
+            info["tries"].append(verdict)
+            judged.append((verdict["ms"], cand))
+            if verdict["ms"] <= need_ms:
+                info["met"] = True
+                break
+            if attempt == VERIFY_RETRIES:
+                break
+            tighter = need_ms * _ms(cand) / verdict["ms"]
+            nxt = retry(cand, tighter)
+            if nxt is None or not _meets(nxt, tighter):
+                break
+            cand = nxt
+        if judged and not info["met"]:
+            cand = min(judged, key=lambda t: t[0])[1]
+        if info["tries"]:
+            last = next(t for t in info["tries"] if t["policy"] == cand.policy.digest())
+            info.update(ratio=last["ratio"], ms=last["ms"], policy=last["policy"])
+            verb = "within" if info["met"] else "OVER"
+            self.reporter.message(
+                f"{stage}: winner judged beside the baseline ({VERIFY_ROUNDS} interleaved rounds): {last['ratio']:.3f}x = "
+                f"{last['ms']:.3f} ms, {verb} {need_ms:.3f} ms" + (f" after {len(info['tries']) - 1} refit(s)"
+                                                                  if len(info["tries"]) > 1 else "")
+            )
+        return cand, info
 
     def _credited_ratio(self, cand: Candidate, prec: str, stem: str) -> float | None:
         """Measured latency of ``cand`` at ``prec`` over its fp32 self, side by side."""
@@ -782,6 +910,7 @@ class Search:
         if out_file.exists():
             data = json.loads(out_file.read_text())
             best = Candidate.from_dict(data["best"]) if data.get("best") else None
+            self.verdict = data.get("verify") or self.verdict
             return CompressionPolicy.from_dict(data["policy"]), best, fp32
         if self.target.runtime == "tflite":
             from hwcompress.search.evaluator import device_file
@@ -831,9 +960,17 @@ class Search:
         runner.run(cfg.quant_episodes, deadline=self.deadline, resume=self.resume)
         self.seconds["quant_search"] = time.monotonic() - t0
         best = evaluator.state.best
+        verify: dict[str, Any] = {}
+        if cfg.quant_cost == "measured" and best is not None and _meets(best, self.inner_ms):
+            def next_best(c: Candidate, ms: float) -> Candidate | None:
+                return max((x for x in evaluator.state.seen.values() if _meets(x, ms)), key=lambda x: x.reward,
+                           default=None)
+
+            best, verify = self._verify("stage 2", best, self.inner_ms, next_best, model=model)
+            self.verdict = verify
         policy = best.policy if best else CompressionPolicy(keep=keep)
         atomic_write_text(out_file, json.dumps({
-            "policy": policy.to_dict(), "best": best.to_dict() if best else None,
+            "policy": policy.to_dict(), "best": best.to_dict() if best else None, "verify": verify,
             "within_budget": evaluator.state.best_within, "candidates": evaluator.state.evaluated,
             "failures": evaluator.state.failures, "fp32_ms": ref.latency.median_ms, "precision_ratios": speed,
             "action_order": list(env.precisions),
@@ -863,7 +1000,7 @@ class Search:
         return SearchResult(
             run_dir=self.run_dir, artifact=artifact, manifest=manifest, baseline_ms=self.base_ms, budget_ms=self.budget_ms,
             prune_best=prune_best, quant_best=quant_best, latency_model_within=self.latency_within,
-            seconds=dict(self.seconds), candidates=n,
+            seconds=dict(self.seconds), candidates=n, verdict=dict(self.verdict),
         )
 
     def _artifact(self, model: nn.Module, policy: CompressionPolicy) -> tuple[Manifest, Path]:
@@ -871,14 +1008,17 @@ class Search:
 
         out = Path(self.cfg.out)
         # The baseline is the original, unpruned fp32 model, measured and scored the same way as the result.
+        # Both are profiled afresh, one after the other (no cache): a reading cached during the search may
+        # come from a slow or quiet spell of the machine (seen: a stage-2 fp32 model at 2.56 ms, 1.85 ms in
+        # stage 1), and the manifest's two figures are what `hwcompress check` holds the artifact to.
         baseline = _figures(
             self.base_file, self.target, self.splits.test, macs=self.base_macs, params=self.base_params,
-            precisions={"fp32": 1}, label=f"baseline{self.base_file.suffix}", cache=self.cache,
+            precisions={"fp32": 1}, label=f"baseline{self.base_file.suffix}", cache=None,
             test_limit=self.cfg.test_limit,
         )
         manifest = export_artifact(
             model, policy, self.target, out, calib=self.splits.calib, test=self.splits.test, baseline=baseline,
             source_model=self.cfg.model, force=self.cfg.force or self.resume, command=self.command, seed=self.cfg.seed,
-            cache=self.cache, test_limit=self.cfg.test_limit,
+            cache=None, test_limit=self.cfg.test_limit,
         )
         return manifest, out

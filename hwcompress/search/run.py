@@ -161,6 +161,7 @@ class SearchResult:
 STAGE1_MARGIN = 0.85
 PRECISION_ROUNDS = 3  # side-by-side rounds when measuring a precision's speed-up
 BASELINE_ROUNDS = 3  # fresh profiles of the baseline; the fastest round's median sets the budget
+BASELINE_RECHECK_GAP = 0.03  # a baseline re-profiled this much faster after stage 1's episodes re-resolves the budget
 REPAIR_STEPS = 5  # bisection steps when a stage-1 winner is brought within its budget
 GROW_STEPS = 4  # bisection steps when a stage-1 winner grows into budget it left unused
 GROW_MIN_GAP = 0.03  # a winner this far (relative) under what it may reach grows
@@ -370,12 +371,7 @@ class Search:
             self.base_file = device_file(self.base.model, self.shape, self.run_dir / "baseline", self.target)
         self.reporter.message(f"measuring the baseline on {self.target.name}")
         per_node = self.target.runtime == "onnxruntime"
-        self.base_measurement = self._baseline_measurement(per_node)
-        self.base_ms = self.base_measurement.latency.median_ms
-        self.budget_ms = parse_budget(cfg.latency_budget, "--latency-budget").resolve(self.base_ms)
-        # Candidates are held to a budget a guard band below the user's, so that the result still meets
-        # it when the artifact is measured again (run-to-run spread of a median is 1-3 % here).
-        self.inner_ms = self.budget_ms * (1.0 - cfg.guard)
+        self._set_baseline(self._baseline_measurement(per_node), save=False)
         self.base_macs, self.base_params = count_macs(self.base.model, self.shape)
         base_bytes = self.base_file.stat().st_size
         self.ctx = EvalContext(
@@ -390,6 +386,47 @@ class Search:
             f"baseline {self.base_ms:.3f} ms (spread {self.base_measurement.latency.robust_cv * 100:.1f}%), "
             f"accuracy {self.base.test_accuracy * 100:.2f}%; latency budget {self.budget_ms:.3f} ms"
         )
+
+    def _set_baseline(self, m: Measurement, *, save: bool = True) -> None:
+        """Take ``m`` as the baseline measurement; the latency budgets are resolved against it."""
+        self.base_measurement = m
+        self.base_ms = m.latency.median_ms
+        self.budget_ms = parse_budget(self.cfg.latency_budget, "--latency-budget").resolve(self.base_ms)
+        # Candidates are held to a budget a guard band below the user's, so that the result still meets
+        # it when the artifact is measured again (run-to-run spread of a median is 1-3 % here).
+        self.inner_ms = self.budget_ms * (1.0 - self.cfg.guard)
+        if save:
+            atomic_write_text(self.run_dir / "baseline.json", json.dumps(m.to_dict(), indent=2))
+
+    def _recheck_baseline(self) -> dict[str, Any]:
+        """Profile the baseline again after stage 1's episodes; a faster quiet state re-resolves the budget.
+
+        The 3 rounds at the start of a search are seconds apart, and a slow spell of a shared machine
+        can outlast them (seen here: MobileNetV2-small at 0.502 ms in all three, 0.353 ms six minutes
+        later, the 0.3x budget 42 % too loose; the speed-ups of lower precisions measured in the same
+        spell were off as well).  Minutes later the baseline is profiled ``BASELINE_ROUNDS`` times more;
+        if it is now more than ``BASELINE_RECHECK_GAP`` faster, that measurement becomes the baseline
+        (``baseline.json``), the budgets are resolved again, and the caller re-measures the stage-1
+        budget's precision credit and re-picks the winner under it before repair, growth and verdict.
+        """
+        from hwcompress.profiling.measure import measure
+
+        per_node = self.target.runtime == "onnxruntime"
+        rounds = [measure(self.base_file, self.target, cache=self.cache, per_node=per_node, force=True)
+                  for _ in range(BASELINE_ROUNDS)]
+        fastest = min(rounds, key=lambda m: m.latency.median_ms)
+        info: dict[str, Any] = {"was_ms": self.base_ms, "rounds_ms": [m.latency.median_ms for m in rounds],
+                                "updated": False}
+        if fastest.latency.median_ms >= self.base_ms * (1.0 - BASELINE_RECHECK_GAP):
+            return info
+        was_budget = self.budget_ms
+        self._set_baseline(fastest)
+        info.update(updated=True, now_ms=self.base_ms, budget_was_ms=was_budget, budget_ms=self.budget_ms)
+        self.reporter.message(
+            f"baseline profiled again after stage 1's episodes: {self.base_ms:.3f} ms, faster than the "
+            f"{info['was_ms']:.3f} ms at the start (a slow spell then); latency budget now {self.budget_ms:.3f} ms"
+        )
+        return info
 
     def _baseline_measurement(self, per_node: bool) -> Measurement:
         """The baseline's measurement that a relative budget (``0.5x``) is resolved against.
@@ -465,6 +502,16 @@ class Search:
         self.seconds["prune_search"] = time.monotonic() - t0
         best = evaluator.state.best
         best_within = evaluator.state.best_within
+        recheck: dict[str, Any] = {}
+        if cfg.prune_cost == "measured":
+            recheck = self._recheck_baseline()
+        if recheck.get("updated"):  # tighter budgets: the credit re-measured, the winner re-picked under them
+            budget1 = self._stage1_budget()
+            evaluator.budget_ms = budget1.latency_ms
+            if env.budget_ms is not None:
+                env.budget_ms = budget1.latency_ms
+            best = self._rescored_best(list(evaluator.state.seen.values()), budget1.latency_ms) or best
+            best_within = best is not None and _meets(best, budget1.latency_ms)
         credit: dict[str, Any] = {}
         if best is not None and budget1.credited:
             best, credit = self._check_credit(best, budget1, list(evaluator.state.seen.values()))
@@ -506,9 +553,17 @@ class Search:
             "within_budget": best_within, "candidates": evaluator.state.evaluated,
             "failures": evaluator.state.failures, "latency_model_within": list(self.latency_within),
             "latency_model_errors": lat_model.errors, "stage1_budget": budget1.to_dict(),
-            "credit_check": credit, "repair": repair, "grow": grow, "verify": verify,
+            "credit_check": credit, "repair": repair, "grow": grow, "verify": verify, "baseline_recheck": recheck,
         }, indent=2))
         return policy, best
+
+    def _rescored_best(self, seen: list[Candidate], budget_ms: float) -> Candidate | None:
+        """The stage-1 candidate with the best reward under ``budget_ms`` (the reward's latency term)."""
+        from hwcompress.search.reward import Costs, accuracy_within_budget
+
+        measured = [c for c in seen if _meets(c, float("inf"))]
+        return max(measured, default=None, key=lambda c: accuracy_within_budget(
+            c.accuracy, Costs(latency=_ms(c), latency_budget=budget_ms), penalty=self.ctx.penalty))
 
     @staticmethod
     def _line(env: PruneEnv, evaluator: PruneEvaluator, start: np.ndarray, end: np.ndarray) -> Callable[[float], Candidate]:

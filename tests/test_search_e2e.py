@@ -114,6 +114,12 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
     s2 = json.loads((tmp_path / "run" / "stage2.json").read_text())
     if not b1["credited"]:
         assert bool(verify) == (s1["best"]["measurement"]["latency"]["median_ms"] <= b1["latency_ms"])
+    # stage 2 scored the agent's mixes against the uniform policies: all fp32, and all at each precision
+    # measured faster than fp32 on the pruned model (episode 0)
+    seeds = [ln for ln in lines if ln["stage"] == "quant" and ln["episode"] == 0]
+    uniform = {next(iter(set(ln["policy"]["precision"].values()))) for ln in seeds
+               if len(set(ln["policy"]["precision"].values())) == 1}
+    assert len(uniform) == len(seeds) and uniform == {"fp32"} | {p for p, r in s2["precision_ratios"].items() if r < 1.0}
     if s2["best"] and s2["best"]["measurement"]:
         assert s2["verify"] and s2["within_budget"] == s2["verify"]["met"]
     from hwcompress.records import CompressionPolicy

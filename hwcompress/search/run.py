@@ -1008,6 +1008,8 @@ class Search:
                        layer_ms=layer_ms, budget_ms=self.inner_ms if cfg.wall else None)
         warm = min(cfg.warmup_episodes, max(cfg.quant_episodes // 3, 1))
         runner = StageRunner("quant", env, len(steps), self._agent_cfg(warm), self.run_dir / "ckpt")
+        if speed is not None:
+            self._seed_uniform(evaluator, steps, keep, speed)
         if self.resume:
             evaluator.episode = runner.load_progress().episodes
         self.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes if self.resume else 0)
@@ -1034,6 +1036,23 @@ class Search:
             "action_order": list(env.precisions),
         }, indent=2))
         return policy, best, fp32
+
+    def _seed_uniform(
+        self, evaluator: QuantEvaluator, steps: list[StepLayer], keep: dict[str, float], speed: dict[str, float]
+    ) -> None:
+        """Evaluate the uniform policies first: all fp32, and all at each precision measured faster than fp32.
+
+        Stage 2 must never end worse than the plain choices: the agent's mixes are scored against them.
+        Its action wall predicts a mix from whole-model ratios, which misses the Cast / Q-DQ nodes a
+        boundary between precisions adds (seen: MobileNetV2-small, every one of 20 mixes of fp16 with
+        one int8 layer measured 0.19-0.36 ms where the all-fp32 model measures 0.16 ms, the budget
+        0.17 ms).  Seeds are ordinary candidates (measured, logged, cached, numbered episode 0); on
+        resume they are found in the log and not measured again.
+        """
+        for prec in [p for p in self.target.precisions if p == "fp32" or speed.get(p, float("inf")) < 1.0]:
+            evaluator.episode = -1  # seeds are episode 0; the agent's episodes are numbered from 1
+            evaluator(CompressionPolicy(keep=keep, precision={st.name: prec for st in steps}))
+        evaluator.episode = 0
 
     # ------------------------------------------------------------------ all
     def run(self) -> SearchResult:

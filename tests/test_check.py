@@ -108,10 +108,10 @@ def test_over_limit_but_not_significant_is_inconclusive_not_a_failure() -> None:
 
 def test_over_the_limit_but_barely_slower_than_the_baseline_is_not_a_failure() -> None:
     # a same-model check on a disturbed machine: the median just over 1.10x, the interval's low end
-    # slower than the baseline but by less than half the tolerance (seen in CI: 1.109x, low 1.010)
+    # slower than the baseline but by less than a quarter of the tolerance (seen in CI: 1.109x, low 1.010)
     v = latency_verdict([0.585, 0.637, 0.64, 0.66, 0.63, 0.59], [0.574, 0.575, 0.573, 0.576, 0.574, 0.575],
                         tolerance=0.10)
-    assert v.ratio > 1.1 and 1.0 < v.ci_low <= 1.05
+    assert v.ratio > 1.1 and 1.0 < v.ci_low <= 1.025
     assert v.status == "inconclusive" and not v.regression and needs_more_rounds(v)
 
 

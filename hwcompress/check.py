@@ -29,8 +29,8 @@ day (ResNet-20 reference, 20 checks each), lo > 1 detected 13/20 real 1.21x slow
 13/20, lo > 1.05 8/20; none of the three raised a false alarm on 20 unchanged checks.
 Medians of rounds make one disturbed round harmless.  With n = 5 rounds the bootstrap of a median
 is coarse and rather *wide* (its 2.5 % quantile is about the smallest round), which errs towards
-no false alarm; a real 20 % slowdown
-at 10 % tolerance still separates because the per-round spread of the normalised ratio is a few %.
+no false alarm; a real 20 % slowdown at 10 % tolerance still separates because the per-round
+spread of the normalised ratio is a few % (on a quiet machine: 20/20 detected).
 When the evidence is mixed (R over the limit but not significant, or significant with an
 interval reaching over the limit) and ``max_rounds`` allows, the same number of rounds again is
 measured and the rule applied once more to all rounds.  A result that stays over the limit but

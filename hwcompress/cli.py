@@ -459,7 +459,7 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
     verdict = getattr(res, "verdict", None) or {}
     if verdict.get("tries"):
         refits = len(verdict["tries"]) - 1
-        out.print(f"winner judged beside the baseline: {verdict['ratio']:.3f}x of it = {verdict['ms']:.3f} ms, "
+        out.print(f"winner judged on fresh profiles: {verdict['ms']:.3f} ms ({verdict['ratio']:.3f}x the baseline), "
                   f"{'within' if verdict['met'] else 'OVER'} the {verdict['need_ms']:.3f} ms candidates are held to"
                   + (f" ({refits} refit(s) after an optimistic reading)" if refits else ""))
     out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))

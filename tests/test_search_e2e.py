@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 
@@ -76,10 +75,10 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
 
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     base = json.loads((tmp_path / "run" / "baseline.json").read_text())
-    # re-profiled after stage 1's episodes: the baseline.json kept is the faster state, when it was faster by 3 %
+    # re-profiled after stage 1's episodes: the baseline.json kept is the faster state, when it was faster by 0.5 %
     recheck = s1["baseline_recheck"]
     assert len(recheck["rounds_ms"]) == 3 and min(recheck["rounds_ms"]) > 0
-    assert recheck["updated"] == (min(recheck["rounds_ms"]) < recheck["was_ms"] * 0.97)
+    assert recheck["updated"] == (min(recheck["rounds_ms"]) < recheck["was_ms"] * 0.995)
     assert base["latency"]["median_ms"] == (recheck["now_ms"] if recheck["updated"] else recheck["was_ms"])
     assert b1["final_ms"] == pytest.approx(
         parse_budget(cfg["latency_budget"], "--latency-budget").resolve(base["latency"]["median_ms"]))
@@ -108,8 +107,8 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
             assert s1["best"]["measurement"]["latency"]["median_ms"] == grow["to_ms"] <= grow["target_ms"]
             if b1["credited"] and not check["fallback"]:
                 assert grow["ratio_on_grown"] * grow["to_ms"] <= b1["final_ms"] * 0.98
-    # every winner held to a latency it must meet by itself was judged beside the baseline before it was
-    # kept: 3 interleaved fresh profiles of both, the median per-round ratio times the budget's baseline
+    # every winner held to a latency it must meet by itself was judged on 3 fresh profiles before it was
+    # kept: the fastest of them (its quiet state, as the budget's baseline is the fastest of its profiles)
     base_ms = base["latency"]["median_ms"]
     s2 = json.loads((tmp_path / "run" / "stage2.json").read_text())
     if not b1["credited"]:
@@ -129,14 +128,13 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
             continue
         assert 1 <= len(rec["tries"]) <= 3 and rec["policy"] == CompressionPolicy.from_dict(stage["policy"]).digest()
         for t in rec["tries"]:
-            assert len(t["rounds_ms"]) == 3 and all(b > 0 and c > 0 for b, c in t["rounds_ms"])
-            assert t["ratio"] == pytest.approx(float(np.median([c / b for b, c in t["rounds_ms"]])))
-            assert t["ms"] == pytest.approx(t["ratio"] * base_ms)
+            assert len(t["rounds_ms"]) == 3 and min(t["rounds_ms"]) > 0
+            assert t["ms"] == min(t["rounds_ms"]) and t["ratio"] == pytest.approx(t["ms"] / base_ms)
         assert rec["met"] == any(t["ms"] <= rec["need_ms"] for t in rec["tries"])
         if rec["met"]:
             assert rec["ms"] <= rec["need_ms"]
     if s2["verify"] or verify:
-        assert "winner judged beside the baseline" in res.stdout
+        assert "winner judged on fresh profiles" in res.stdout
 
 
 def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) -> None:

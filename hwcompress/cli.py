@@ -459,9 +459,9 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
     verdict = getattr(res, "verdict", None) or {}
     if verdict.get("tries"):
         refits = len(verdict["tries"]) - 1
-        out.print(f"winner judged on fresh profiles: {verdict['ms']:.3f} ms ({verdict['ratio']:.3f}x the baseline), "
+        out.print(f"winner checked before it was kept: {verdict['ms']:.3f} ms ({verdict['ratio']:.3f}x the baseline), "
                   f"{'within' if verdict['met'] else 'OVER'} the {verdict['need_ms']:.3f} ms candidates are held to"
-                  + (f" ({refits} refit(s) after an optimistic reading)" if refits else ""))
+                  + (f" ({refits} refit(s) after an optimistic cached reading)" if refits else ""))
     out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
     out.print(f"artifact: {res.artifact}\nrun folder: {res.run_dir}")
 

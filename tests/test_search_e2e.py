@@ -107,8 +107,9 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
             assert s1["best"]["measurement"]["latency"]["median_ms"] == grow["to_ms"] <= grow["target_ms"]
             if b1["credited"] and not check["fallback"]:
                 assert grow["ratio_on_grown"] * grow["to_ms"] <= b1["final_ms"] * 0.98
-    # every winner held to a latency it must meet by itself was judged on 3 fresh profiles before it was
-    # kept: the fastest of them (its quiet state, as the budget's baseline is the fastest of its profiles)
+    # every winner held to a latency it must meet by itself was checked before it was kept: its reading from
+    # this search stands when within (noise only slows); a cached reading or one over is judged by the fastest
+    # of 3 fresh profiles (its quiet state, as the budget's baseline is the fastest of its profiles)
     base_ms = base["latency"]["median_ms"]
     s2 = json.loads((tmp_path / "run" / "stage2.json").read_text())
     if not b1["credited"]:
@@ -128,13 +129,17 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
             continue
         assert 1 <= len(rec["tries"]) <= 3 and rec["policy"] == CompressionPolicy.from_dict(stage["policy"]).digest()
         for t in rec["tries"]:
-            assert len(t["rounds_ms"]) == 3 and min(t["rounds_ms"]) > 0
-            assert t["ms"] == min(t["rounds_ms"]) and t["ratio"] == pytest.approx(t["ms"] / base_ms)
+            assert t["ratio"] == pytest.approx(t["ms"] / base_ms)
+            if not t["rounds_ms"]:
+                assert not t["cached"] and t["ms"] == t["single_ms"] <= rec["need_ms"]
+            else:
+                assert len(t["rounds_ms"]) == 3 and min(t["rounds_ms"]) > 0
+                assert t["ms"] == min(t["rounds_ms"] + ([] if t["cached"] else [t["single_ms"]]))
         assert rec["met"] == any(t["ms"] <= rec["need_ms"] for t in rec["tries"])
         if rec["met"]:
             assert rec["ms"] <= rec["need_ms"]
     if s2["verify"] or verify:
-        assert "winner judged on fresh profiles" in res.stdout
+        assert "winner checked before it was kept" in res.stdout
 
 
 def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ machine load.  Every check is a separate ``python -m hwcompress check --json`` p
 comparison, the absolute-mode verdict (model ms now vs model ms in the baseline, no reference) is
 computed from the same measurements.
 
-    .venv/bin/python tools/bench_check.py [--runs 20] [--reference mobilenetv2-small]
+    .venv/bin/python tools/bench_check.py [--runs 20] [--reference resnet-20]
 
 Prints counts, the achieved slowdown factor, timings and the load average; exit 1 if the goal
 (0 false alarms, all slow runs detected) is missed.
@@ -59,7 +59,7 @@ def load() -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=20, help="checks per model")
-    p.add_argument("--reference", default="mobilenetv2-small", help="reference model")
+    p.add_argument("--reference", default="resnet-20", help="reference model (best: one like the model checked)")
     p.add_argument("--rounds", type=int, default=5, help="check rounds")
     p.add_argument("--baseline-rounds", type=int, default=10)
     p.add_argument("--tolerance", default="10%")

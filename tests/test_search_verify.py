@@ -25,9 +25,10 @@ def _fake(tmp_path: Path, base_ms: float) -> SimpleNamespace:
     base = export_onnx(_convnet(64), (1, 1, 28, 28), tmp_path / "baseline.onnx")
     fake = SimpleNamespace(
         cfg=SearchConfig(latency_budget="0.5x", guard=0.02), run_dir=tmp_path, target=load_target("x86-cpu"),
-        cache=None, base_file=base, reporter=NullReporter(),
+        cache=None, base_file=base, reporter=NullReporter(), per_node=True,
     )
     fake._set_baseline = lambda m, save=True: Search._set_baseline(fake, m, save=save)  # type: ignore[arg-type]
+    fake._fastest = lambda *a, **k: Search._fastest(fake, *a, **k)  # type: ignore[arg-type]
     fake.base_ms = base_ms
     fake.budget_ms = 0.5 * base_ms
     return fake

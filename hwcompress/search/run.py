@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hwcompress.data import DataSplits
+    from hwcompress.profiling.cache import MeasurementCache
     from hwcompress.prune import PruneGroup
     from hwcompress.records import LayerInfo, Target
 
@@ -370,8 +371,8 @@ class Search:
 
             self.base_file = device_file(self.base.model, self.shape, self.run_dir / "baseline", self.target)
         self.reporter.message(f"measuring the baseline on {self.target.name}")
-        per_node = self.target.runtime == "onnxruntime"
-        self._set_baseline(self._baseline_measurement(per_node), save=False)
+        self.per_node = self.target.runtime == "onnxruntime"  # per-node times give each layer's latency share
+        self._set_baseline(self._baseline_measurement(), save=False)
         self.base_macs, self.base_params = count_macs(self.base.model, self.shape)
         base_bytes = self.base_file.stat().st_size
         self.ctx = EvalContext(
@@ -409,14 +410,8 @@ class Search:
         (``baseline.json``), the budgets are resolved again, and the caller re-measures the stage-1
         budget's precision credit and re-picks the winner under it before repair, growth and verdict.
         """
-        from hwcompress.profiling.measure import measure
-
-        per_node = self.target.runtime == "onnxruntime"
-        rounds = [measure(self.base_file, self.target, cache=self.cache, per_node=per_node, force=True)
-                  for _ in range(BASELINE_ROUNDS)]
-        fastest = min(rounds, key=lambda m: m.latency.median_ms)
-        info: dict[str, Any] = {"was_ms": self.base_ms, "rounds_ms": [m.latency.median_ms for m in rounds],
-                                "updated": False}
+        fastest, rounds = self._fastest(self.base_file, BASELINE_ROUNDS, cache=self.cache, per_node=self.per_node)
+        info: dict[str, Any] = {"was_ms": self.base_ms, "rounds_ms": rounds, "updated": False}
         if fastest.latency.median_ms >= self.base_ms * (1.0 - BASELINE_RECHECK_GAP):
             return info
         was_budget = self.budget_ms
@@ -428,7 +423,22 @@ class Search:
         )
         return info
 
-    def _baseline_measurement(self, per_node: bool) -> Measurement:
+    def _fastest(
+        self, path: Path, rounds: int, *, cache: MeasurementCache | None = None, per_node: bool = False,
+        cached_first: bool = False,
+    ) -> tuple[Measurement, list[float]]:
+        """``path`` profiled ``rounds`` times, fresh (the first may come from ``cache`` if ``cached_first``).
+
+        Returns the fastest round's measurement — the quiet state, see :meth:`_judge` — and every
+        round's median (ms).
+        """
+        from hwcompress.profiling.measure import measure
+
+        ms = [measure(path, self.target, cache=cache, per_node=per_node, force=not (cached_first and r == 0))
+              for r in range(rounds)]
+        return min(ms, key=lambda m: m.latency.median_ms), [m.latency.median_ms for m in ms]
+
+    def _baseline_measurement(self) -> Measurement:
         """The baseline's measurement that a relative budget (``0.5x``) is resolved against.
 
         One profile can land in a slow spell of a shared machine (seen here: MobileNetV2-small at
@@ -438,15 +448,12 @@ class Search:
         and ``bench_compare`` judge it.  The choice is kept in ``baseline.json`` so that a resumed
         search holds the same budget.
         """
-        from hwcompress.profiling.measure import measure
-
         saved = self.run_dir / "baseline.json"
         if self.resume and saved.is_file():
             return Measurement.from_dict(json.loads(saved.read_text()))
-        rounds = [measure(self.base_file, self.target, cache=self.cache, per_node=per_node, force=r > 0)
-                  for r in range(BASELINE_ROUNDS)]
-        best = min(rounds, key=lambda m: m.latency.median_ms)
-        log.info("baseline medians per round: %s ms", ", ".join(f"{m.latency.median_ms:.3f}" for m in rounds))
+        best, rounds = self._fastest(self.base_file, BASELINE_ROUNDS, cache=self.cache, per_node=self.per_node,
+                                     cached_first=True)
+        log.info("baseline medians per round: %s ms", ", ".join(f"{ms:.3f}" for ms in rounds))
         atomic_write_text(saved, json.dumps(best.to_dict(), indent=2))
         return best
 
@@ -701,6 +708,14 @@ class Search:
         )
         return found, info
 
+    def _pruned(self, policy: CompressionPolicy) -> nn.Module:
+        """The baseline pruned by ``policy``, in eval mode (device_file converts a model as it is)."""
+        from hwcompress.prune import apply_policy
+
+        model = apply_policy(self.base.model, policy, self.shape, channel_multiple=self.target.channel_multiple)
+        model.eval()
+        return model
+
     def _candidate_file(self, cand: Candidate, model: nn.Module | None = None) -> Path:
         """The file a stage's candidate was measured as (rebuilt from its policy if it is gone)."""
         suffix = ".tflite" if self.target.runtime == "tflite" else ".onnx"
@@ -711,11 +726,7 @@ class Search:
         from hwcompress.search.evaluator import device_file
 
         if cand.stage == "prune":
-            from hwcompress.prune import apply_policy
-
-            pruned = apply_policy(self.base.model, cand.policy, self.shape, channel_multiple=self.target.channel_multiple)
-            pruned.eval()
-            return device_file(pruned, self.shape, stem, self.target)
+            return device_file(self._pruned(cand.policy), self.shape, stem, self.target)
         assert model is not None
         if self.target.runtime == "tflite":
             return device_file(model, self.shape, stem, self.target, cand.policy, self.splits.calib.x)
@@ -738,10 +749,8 @@ class Search:
         ``bench_compare`` and ``check`` judge by.  A ratio to the baseline taken round by round
         would not be: each side lands in a slow spell or not on its own.
         """
-        from hwcompress.profiling.measure import measure
-
-        rounds = [measure(path, self.target).latency.median_ms for _ in range(VERIFY_ROUNDS)]
-        ms = min(rounds)
+        fastest, rounds = self._fastest(path, VERIFY_ROUNDS)
+        ms = fastest.latency.median_ms
         return {"ms": ms, "ratio": ms / self.base_ms, "rounds_ms": rounds}
 
     def _verify(
@@ -761,7 +770,7 @@ class Search:
         first within, else the fastest judged.
         """
         info: dict[str, Any] = {"need_ms": need_ms, "tries": [], "met": False}
-        judged: list[tuple[float, Candidate]] = []
+        judged: list[tuple[dict[str, Any], Candidate]] = []
         for attempt in range(VERIFY_RETRIES + 1):
             # A reading taken in this search is a quiet-state bound already (noise only slows): within the
             # need, it stands; a cached reading, or one over the need, is profiled again.
@@ -780,7 +789,7 @@ class Search:
                     verdict.update(ms=_ms(cand), ratio=_ms(cand) / self.base_ms)
             verdict.update(policy=cand.policy.digest(), single_ms=_ms(cand), cached=not fresh)
             info["tries"].append(verdict)
-            judged.append((verdict["ms"], cand))
+            judged.append((verdict, cand))
             if verdict["ms"] <= need_ms:
                 info["met"] = True
                 break
@@ -791,10 +800,8 @@ class Search:
             if nxt is None or not _meets(nxt, tighter) or nxt.policy.digest() in {c.policy.digest() for _, c in judged}:
                 break
             cand = nxt
-        if judged and not info["met"]:
-            cand = min(judged, key=lambda t: t[0])[1]
-        if info["tries"]:
-            last = next(t for t in info["tries"] if t["policy"] == cand.policy.digest())
+        if judged:
+            last, cand = judged[-1] if info["met"] else min(judged, key=lambda t: t[0]["ms"])
             info.update(ratio=last["ratio"], ms=last["ms"], policy=last["policy"])
             verb = "within" if info["met"] else "OVER"
             how = f"fastest of {len(last['rounds_ms'])} fresh profiles" if last["rounds_ms"] else "its reading in this search"
@@ -807,10 +814,8 @@ class Search:
     def _credited_ratio(self, cand: Candidate, prec: str, stem: str) -> float | None:
         """Measured latency of ``cand`` at ``prec`` over its fp32 self, side by side."""
         from hwcompress.export import export_onnx
-        from hwcompress.prune import apply_policy
 
-        model = apply_policy(self.base.model, cand.policy, self.shape, channel_multiple=self.target.channel_multiple)
-        model.eval()  # device_file (LiteRT targets) converts the model as it is
+        model = self._pruned(cand.policy)
         fp32 = export_onnx(model, self.shape, self.run_dir / f"{stem}-fp32.onnx")
         return self._precision_ratios(model, fp32, stem, _ms(cand), only=(prec,)).get(prec)
 
@@ -980,7 +985,7 @@ class Search:
             ref = measure(device_file(model, self.shape, self.run_dir / "stage2-fp32", self.target), self.target,
                           cache=self.cache)
         else:
-            ref = measure(fp32, self.target, cache=self.cache, per_node=self.target.runtime == "onnxruntime")
+            ref = measure(fp32, self.target, cache=self.cache, per_node=self.per_node)
         table = {la.name: la for la in layer_table(model, self.shape, strict=False)}
         qlayers = quantizable_layers(fp32, model)
         macs = layer_macs(model, self.shape)

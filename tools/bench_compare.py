@@ -768,6 +768,14 @@ def main() -> None:
         ap.error(f"--budgets {args.budgets!r}: each fraction must be in (0, 1]")
     if args.fresh and args.saved_only:
         ap.error("--fresh redoes saved rows and --saved-only makes none: give one of them")
+    from hwcompress.zoo import ZOO_NAMES
+
+    unknown = [m for m in args.models.split(",") if m not in ZOO_NAMES]
+    if unknown:
+        ap.error(f"--models: unknown {', '.join(unknown)}; the comparison covers the built-in {', '.join(ZOO_NAMES)}")
+    unknown = [m for m in args.methods.split(",") if m not in {SLUG[k] for k in (*METHODS, HEADLINE)}]
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(unknown)}; choose from measured,proxy,uniform,global,int8,headline")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     wanted = {m for m in (*METHODS, HEADLINE) if SLUG[m] in args.methods.split(",")}
     bench = Bench(args)
@@ -800,4 +808,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hwcompress.errors import HwcompressError
+
+    try:
+        main()
+    except HwcompressError as exc:  # a device, file or model problem mid-run: one line; saved rows stay
+        print(f"bench_compare.py: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -732,7 +732,7 @@ def main() -> None:
     ap.add_argument(
         "--rounds",
         type=int,
-        default=5,
+        default=9,
         help="at the end, re-measure every model side by side this many rounds (0: keep first measurements)",
     )
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-compare")

@@ -461,7 +461,7 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
         refits = len(verdict["tries"]) - 1
         out.print(f"winner checked before it was kept: {verdict['ms']:.3f} ms ({verdict['ratio']:.3f}x the baseline), "
                   f"{'within' if verdict['met'] else 'OVER'} the {verdict['need_ms']:.3f} ms candidates are held to"
-                  + (f" ({refits} refit(s) after an optimistic cached reading)" if refits else ""))
+                  + (f" ({refits} refit(s) after a check over the need)" if refits else ""))
     out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
     out.print(f"artifact: {res.artifact}\nrun folder: {res.run_dir}")
 

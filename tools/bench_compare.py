@@ -773,11 +773,13 @@ def main() -> None:
     unknown = [m for m in args.models.split(",") if m not in ZOO_NAMES]
     if unknown:
         ap.error(f"--models: unknown {', '.join(unknown)}; the comparison covers the built-in {', '.join(ZOO_NAMES)}")
-    unknown = [m for m in args.methods.split(",") if m not in {SLUG[k] for k in (*METHODS, HEADLINE)}]
+    slugs = [SLUG[k] for k in (*METHODS, HEADLINE)]
+    asked = args.methods.split(",")
+    unknown = [m for m in asked if m not in slugs]
     if unknown:
-        ap.error(f"--methods: unknown {', '.join(unknown)}; choose from measured,proxy,uniform,global,int8,headline")
+        ap.error(f"--methods: unknown {', '.join(unknown)}; choose from {','.join(slugs)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    wanted = {m for m in (*METHODS, HEADLINE) if SLUG[m] in args.methods.split(",")}
+    wanted = {m for m in (*METHODS, HEADLINE) if SLUG[m] in asked}
     bench = Bench(args)
     t0 = time.monotonic()
     results: dict[str, tuple[Baseline, list[Row]]] = {}

@@ -746,7 +746,7 @@ class Search:
         across profiles a few seconds apart, one process idle beside them).  Noise of that kind
         only ever slows a profile, so the fastest of a few fresh profiles is the model's quiet
         state — the state the budget's baseline was taken in (fastest of its profiles), and the one
-        ``bench_compare`` and ``check`` judge by.  A ratio to the baseline taken round by round
+        ``bench_compare`` judges rows by.  A ratio to the baseline taken round by round
         would not be: each side lands in a slow spell or not on its own.
         """
         fastest, rounds = self._fastest(path, VERIFY_ROUNDS)

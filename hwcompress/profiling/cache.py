@@ -61,6 +61,10 @@ class CacheStats:
     misses: int
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class MeasurementCache:
     """SQLite cache of :class:`Measurement` records; one connection per process, opened lazily."""
 
@@ -91,22 +95,25 @@ class MeasurementCache:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise self._error(exc) from None
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("measurement cache %s: journal mode %s (WAL not available here)", self.path, mode)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            for stmt in filter(None, (s.strip() for s in _SCHEMA_SQL.split(";"))):
-                conn.execute(stmt)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(CACHE_SCHEMA),))
-            conn.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise self._error(exc) from None
+        # Switching a new file to WAL needs an exclusive lock and SQLite answers "database is locked" at
+        # once, without waiting on busy_timeout, when another process is doing the same (seen in CI: two
+        # processes opening a new cache together): retry the set-up until the busy timeout.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                row = self._set_up(conn)
+                break
+            except sqlite3.OperationalError as exc:
+                if _locked(exc) and time.monotonic() < deadline:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    time.sleep(0.05)
+                    continue
+                conn.close()
+                raise (self._locked_error() if _locked(exc) else self._error(exc)) from None
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise self._error(exc) from None
         if row is not None and row[0] != str(CACHE_SCHEMA):
             conn.close()
             raise CacheError(
@@ -116,18 +123,35 @@ class MeasurementCache:
         self._conn, self._pid = conn, os.getpid()
         return conn
 
+    def _set_up(self, conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+        """WAL mode and the schema on a new connection; the stored schema row (None: new file)."""
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("measurement cache %s: journal mode %s (WAL not available here)", self.path, mode)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in filter(None, (s.strip() for s in _SCHEMA_SQL.split(";"))):
+            conn.execute(stmt)
+        row: tuple[Any, ...] | None = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(CACHE_SCHEMA),))
+        conn.execute("COMMIT")
+        return row
+
+    def _locked_error(self) -> CacheError:
+        return CacheError(
+            f"measurement cache {self.path} stayed locked for {BUSY_TIMEOUT_S:g} s by another process; "
+            "retry, or pass --cache PATH"
+        )
+
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             conn = self._connect()
             try:
                 return conn.execute(sql, params).fetchall()
             except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    raise CacheError(
-                        f"measurement cache {self.path} stayed locked for {BUSY_TIMEOUT_S:g} s by another process; "
-                        "retry, or pass --cache PATH"
-                    ) from None
-                raise self._error(exc) from None
+                raise (self._locked_error() if _locked(exc) else self._error(exc)) from None
             except sqlite3.DatabaseError as exc:
                 raise self._error(exc) from None
 

@@ -462,6 +462,9 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
         out.print(f"winner checked before it was kept: {verdict['ms']:.3f} ms ({verdict['ratio']:.3f}x the baseline), "
                   f"{'within' if verdict['met'] else 'OVER'} the {verdict['need_ms']:.3f} ms candidates are held to"
                   + (f" ({refits} refit(s) after a check over the need)" if refits else ""))
+    if verdict.get("stage1_refits"):
+        out.print(f"stage 1 pruned further {verdict['stage1_refits']} time(s) after stage 2's winner was judged over the "
+                  "budget (fine-tuned and searched again; stage1.json stage2_refits)")
     out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
     out.print(f"artifact: {res.artifact}\nrun folder: {res.run_dir}")
 

@@ -94,7 +94,8 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
     # a winner that missed what stage 1 had to reach in fp32 was brought within it on measured latency
     repair = s1["repair"]
     verify = s1["verify"]
-    refitted = bool(verify) and len(verify["tries"]) > 1  # judged over its need beside the baseline: refitted
+    # judged over its need beside the baseline: refitted (in stage 1, or after stage 2: tests/test_search_refit.py)
+    refitted = (bool(verify) and len(verify["tries"]) > 1) or bool(s1.get("stage2_refits"))
     if repair:
         assert repair["from_ms"] > repair["need_ms"]
         if repair["met"] and not refitted:
@@ -107,16 +108,18 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
             assert s1["best"]["measurement"]["latency"]["median_ms"] == grow["to_ms"] <= grow["target_ms"]
             if b1["credited"] and not check["fallback"]:
                 assert grow["ratio_on_grown"] * grow["to_ms"] <= b1["final_ms"] * 0.98
-    # every winner held to a latency it must meet by itself was checked before it was kept: its reading from
-    # this search stands when within (noise only slows); a cached reading or one over is judged by the fastest
-    # of 3 fresh profiles (its quiet state, as the budget's baseline is the fastest of its profiles)
+    # every winner held to a latency it must meet by itself was checked before it was kept: profiled afresh
+    # beside the baseline, 3 rounds each alternating, fastest over fastest (each side's quiet state), as a
+    # fraction of the baseline: the budget is one
     base_ms = base["latency"]["median_ms"]
-    s2 = json.loads((tmp_path / "run" / "stage2.json").read_text())
-    if not b1["credited"]:
+    n_refits = len(s1.get("stage2_refits", []))  # stage 2 of the last stage-1 policy wrote stage2-rN.json
+    s2 = json.loads((tmp_path / "run" / (f"stage2-r{n_refits}.json" if n_refits else "stage2.json")).read_text())
+    if not b1["credited"] and not s1.get("stage2_refits"):
         assert bool(verify) == (s1["best"]["measurement"]["latency"]["median_ms"] <= b1["latency_ms"])
     # stage 2 scored the agent's mixes against the uniform policies: all fp32, and all at each precision
     # measured faster than fp32 on the pruned model (episode 0)
-    seeds = [ln for ln in lines if ln["stage"] == "quant" and ln["episode"] == 0]
+    seeds = [ln for ln in lines if ln["stage"] == "quant" and ln["episode"] == 0
+             and ln["policy"]["keep"] == s1["policy"]["keep"]]
     uniform = {next(iter(set(ln["policy"]["precision"].values()))) for ln in seeds
                if len(set(ln["policy"]["precision"].values())) == 1}
     assert len(uniform) == len(seeds) and uniform == {"fp32"} | {p for p, r in s2["precision_ratios"].items() if r < 1.0}
@@ -124,17 +127,14 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
         assert s2["verify"] and s2["within_budget"] == s2["verify"]["met"]
     from hwcompress.records import CompressionPolicy
 
-    for rec, stage in ((verify, s1), (s2["verify"], s2)):
+    for rec, stage in ((s1["stage2_refits"][-1]["verify"] if n_refits else verify, s1), (s2["verify"], s2)):
         if not rec:
             continue
         assert 1 <= len(rec["tries"]) <= 3 and rec["policy"] == CompressionPolicy.from_dict(stage["policy"]).digest()
         for t in rec["tries"]:
             assert t["ratio"] == pytest.approx(t["ms"] / base_ms)
-            if not t["rounds_ms"]:
-                assert not t["cached"] and t["ms"] == t["single_ms"] <= rec["need_ms"]
-            else:
-                assert len(t["rounds_ms"]) == 3 and min(t["rounds_ms"]) > 0
-                assert t["ms"] == min(t["rounds_ms"] + ([] if t["cached"] else [t["single_ms"]]))
+            assert len(t["rounds_ms"]) == len(t["base_rounds_ms"]) == 3 and min(t["rounds_ms"] + t["base_rounds_ms"]) > 0
+            assert t["ratio"] == pytest.approx(min(t["rounds_ms"]) / min(t["base_rounds_ms"]))
         assert rec["met"] == any(t["ms"] <= rec["need_ms"] for t in rec["tries"])
         if rec["met"]:
             assert rec["ms"] <= rec["need_ms"]
@@ -176,6 +176,8 @@ def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) ->
     s1 = json.loads((tmp_path / "kill" / "stage1.json").read_text())
     extra = (s1["repair"] or {}).get("steps", 0) + (s1["grow"] or {}).get("steps", 0)
     extra += sum(r["steps"] for r in (s1["verify"] or {}).get("refits", []))
+    for r in s1.get("stage2_refits", []):  # stage 1 pruned further after stage 2's winner was judged over
+        extra += r["repair"]["steps"] + sum(x["steps"] for x in (r["verify"] or {}).get("refits", []))
     assert max(episodes) <= 7 + extra and episodes == sorted(episodes)
     assert (tmp_path / "kill-artifact" / "manifest.json").is_file()
     # the same budget after resume: the baseline kept, unless its re-profile after stage 1 found it faster

@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import shutil
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,8 @@ SLUG = {
     INT8: "int8",
     HEADLINE: "headline",
 }
+BASELINE_ROUNDS = 5  # fresh profiles of each model's baseline (and its precision copies) before the rows
+
 # what a bit-ops count (HAQ) takes each precision to cost relative to fp32 (weight bits x activation bits)
 BITOPS_RATIO = {"fp32": 1.0, "fp16": 16 * 16 / 1024, "int8": 8 * 8 / 1024, "int4": 4 * 8 / 1024}
 
@@ -201,7 +202,8 @@ class Bench:
         n0 = 1 + len(precs)
         for i, prec in enumerate(precs, start=1):
             base.ratio_rounds[prec] = [a / b for a, b in zip(med[i], med[0], strict=True)]
-            base.precision_ratio[prec] = _mid(base.ratio_rounds[prec])
+            # fastest over fastest, each side's quiet state: the rule rows are judged by, and the search's
+            base.precision_ratio[prec] = min(med[i]) / min(med[0])
         first = base.latency_ms
         base.latency_ms, base.p90_ms = _quiet(med[0], p90[0])
         for r, ms, p in zip(live, med[n0:], p90[n0:], strict=True):
@@ -245,22 +247,30 @@ class Bench:
             test_limit=self.args.test_images,
         )
         assert fig.measurement is not None
-        ratios = {"fp32": 1.0}
+        copies = {"fp32": fp32}
         for prec in self.target.precisions:
-            if prec == "fp32":
-                continue
-            q = quantize_onnx(
-                fp32, d / f"baseline-{prec}.onnx", uniform_policy(prec), self.splits.calib.x, self.target
-            )
-            ratios[prec] = (
-                measure(q, self.target, cache=self.cache).latency.median_ms
-                / fig.measurement.latency.median_ms
-            )
+            if prec != "fp32":
+                copies[prec] = quantize_onnx(
+                    fp32, d / f"baseline-{prec}.onnx", uniform_policy(prec), self.splits.calib.x, self.target
+                )
+        # The budgets every method is fitted to are fractions of this latency: the quiet state, the fastest of
+        # BASELINE_ROUNDS fresh profiles (seen: one profile of ResNet-20's baseline at 0.774 ms, 0.50 ms quiet,
+        # which left uniform and global pruning fitted to budgets 55 % loose), each precision copy beside it.
+        rounds: dict[str, list[Any]] = {p: [] for p in copies}
+        for _ in range(BASELINE_ROUNDS):
+            for prec, path in copies.items():
+                rounds[prec].append(measure(path, self.target, cache=None))
+        fastest = {p: min(ms, key=lambda m: m.latency.median_ms) for p, ms in rounds.items()}
+        quiet = fastest["fp32"]
+        ratios = {p: m.latency.median_ms / quiet.latency.median_ms for p, m in fastest.items()}
+        print(f"  {model} baseline: fastest of {BASELINE_ROUNDS} profiles {quiet.latency.median_ms:.3f} ms "
+              f"(first {fig.measurement.latency.median_ms:.3f}); "
+              + ", ".join(f"{p} {r:.2f}x" for p, r in ratios.items() if p != "fp32"), flush=True)
         b = Baseline(
             model,
             fig.accuracy,
-            fig.measurement.latency.median_ms,
-            fig.measurement.latency.p90_ms,
+            quiet.latency.median_ms,
+            quiet.latency.p90_ms,
             fig.measurement.peak_memory_bytes,
             fig.file_bytes,
             macs,
@@ -433,9 +443,6 @@ def _quiet(medians: list[float], p90s: list[float]) -> tuple[float, float]:
     """
     i = min(range(len(medians)), key=medians.__getitem__)
     return medians[i], p90s[i]
-
-
-_mid = statistics.median
 
 
 def _median(cand: dict[str, Any] | None) -> float | None:

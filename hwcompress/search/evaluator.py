@@ -443,5 +443,12 @@ class QuantEvaluator:
         return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": False, "within_budget": within})
 
     def restore(self, records: list[dict[str, Any]]) -> None:
-        for cand in self.state.restore(records):
+        """Refill from ``search.jsonl``: only stage-2 candidates of this pruned model (``base_keep``).
+
+        After stage 1 is refitted the log also holds stage 2's candidates of the model it refitted,
+        measured on other graphs; they are not candidates of this one.
+        """
+        ours = [r for r in records
+                if r.get("stage") != "quant" or CompressionPolicy.from_dict(r["policy"]).keep == self.base_keep]
+        for cand in self.state.restore(ours):
             self.episode = max(self.episode, cand.episode)

@@ -522,15 +522,7 @@ class Search:
         verify_need = need if need is not None else (self.inner_ms if credit.get("fallback") else None)
         verify: dict[str, Any] = {}
         if cfg.prune_cost == "measured" and best is not None and verify_need is not None and _meets(best, verify_need):
-            refits: list[dict[str, Any]] = []
-
-            def refit(c: Candidate, ms: float) -> Candidate:
-                found, info = self._repair(env, evaluator, c, ms)
-                refits.append(info)
-                return found
-
-            best, verify = self._verify("stage 1", best, verify_need, refit)
-            verify["refits"] = refits
+            best, verify = self._verify_pruned("stage 1", env, evaluator, best, verify_need)
             best_within = best_within or bool(verify.get("met"))
             self.verdict = verify
         policy = best.policy if best else CompressionPolicy()
@@ -574,6 +566,21 @@ class Search:
             env.latency_model = flops_model
             env.budget_ms = evaluator.budget_macs
         return groups, lat_model, evaluator, env
+
+    def _verify_pruned(
+        self, stage: str, env: PruneEnv, evaluator: PruneEvaluator, cand: Candidate, need_ms: float
+    ) -> tuple[Candidate, dict[str, Any]]:
+        """:meth:`_verify` of a stage-1 candidate, refitted along its repair line; each repair in ``refits``."""
+        refits: list[dict[str, Any]] = []
+
+        def refit(c: Candidate, ms: float) -> Candidate:
+            found, info = self._repair(env, evaluator, c, ms)
+            refits.append(info)
+            return found
+
+        found, verify = self._verify(stage, cand, need_ms, refit)
+        verify["refits"] = refits
+        return found, verify
 
     def _rescored_best(self, seen: list[Candidate], budget_ms: float) -> Candidate | None:
         """The stage-1 candidate with the best reward under ``budget_ms`` (the reward's latency term)."""
@@ -1156,15 +1163,7 @@ class Search:
             return None
         verify: dict[str, Any] = {}
         if repair.get("met"):
-            refits: list[dict[str, Any]] = []
-
-            def again(c: Candidate, ms: float) -> Candidate:
-                got, info = self._repair(env, evaluator, c, ms)
-                refits.append(info)
-                return got
-
-            found, verify = self._verify("stage 1 refit", found, need, again)
-            verify["refits"] = refits
+            found, verify = self._verify_pruned("stage 1 refit", env, evaluator, found, need)
         data.setdefault("stage2_refits", []).append({
             "stage2_verdict": v, "from_policy": prune_best.policy.to_dict(), "from_ms": from_ms, "factor": factor,
             "need_ms": need, "repair": repair, "verify": verify, "policy": found.policy.to_dict(),

@@ -324,6 +324,25 @@ def test_run_check_interleaves_and_extends(tmp_path: Path) -> None:
     assert res.model_changed and not res.warnings
 
 
+def test_run_check_warns_when_the_reference_speed_moved(tmp_path: Path) -> None:
+    """A reference 2x faster than at the baseline (another machine): the model/reference ratio may not
+    carry over (seen in CI: 0.37 -> 0.60 with the reference at 0.53x), so the check says so."""
+    model, ref = tmp_path / "model.onnx", tmp_path / "ref.onnx"
+    model.write_bytes(b"model")
+    ref.write_bytes(b"ref")
+    base = dataclasses.replace(make_baseline([2.0] * 5, [4.0] * 5), reference_sha256=sha256_file(ref))
+    opts = CheckOptions(rounds=3, max_rounds=3)
+    runner = ScriptedRunner({"model": [1.0] * 3, "ref": [2.0] * 3})
+    res = run_check(ResolvedModel("model.onnx", model), TARGET, base, baseline_source="b.json",
+                    reference=ResolvedModel("ref.onnx", ref), options=opts, runner=runner)
+    assert res.exit_code == 0
+    assert [w for w in res.warnings if "the reference ran 0.50x its baseline time" in w]
+    runner = ScriptedRunner({"model": [2.1] * 3, "ref": [4.4] * 3})  # within REFERENCE_DRIFT: no warning
+    res = run_check(ResolvedModel("model.onnx", model), TARGET, base, baseline_source="b.json",
+                    reference=ResolvedModel("ref.onnx", ref), options=opts, runner=runner)
+    assert not res.warnings
+
+
 def test_run_check_against_a_manifest_is_absolute_and_warns(tmp_path: Path) -> None:
     model, ref = tmp_path / "model.onnx", tmp_path / "ref.onnx"
     model.write_bytes(b"model")

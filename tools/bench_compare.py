@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwcompress.fsutil import atomic_write_bytes, atomic_write_text, temp_path_beside
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MEASURED = "hwcompress"
@@ -147,9 +149,7 @@ class Bench:
             row = self.pruned(model, budget, method, budget_ms)
         else:
             row = self.int8(model)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(row), indent=2))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(asdict(row), indent=2))
         return self._common(row, budget_ms)
 
     @staticmethod
@@ -277,7 +277,7 @@ class Bench:
             params,
             ratios,
         )
-        path.write_text(json.dumps(asdict(b), indent=2))
+        atomic_write_text(path, json.dumps(asdict(b), indent=2))
         return b
 
     # ------------------------------------------------------------------ methods
@@ -647,7 +647,12 @@ def pareto_png(model: str, base: Baseline, rows: list[Row], path: Path) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    tmp = temp_path_beside(path, ".png")
+    try:
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     plt.close(fig)
 
 
@@ -655,7 +660,7 @@ def policy_png(row: Row, path: Path) -> None:
     from hwcompress.artifact import read_manifest
     from hwcompress.report import layers_plot
 
-    path.write_bytes(layers_plot(read_manifest(row.artifact)))
+    atomic_write_bytes(path, layers_plot(read_manifest(row.artifact)))
 
 
 def write_outputs(
@@ -705,9 +710,9 @@ def write_outputs(
                 f"Per-layer policy of hwcompress at {win.budget} ({win.method}):\n\n![policy {model}](policy-{model}.png)\n"
             )
         all_rows += [asdict(r) | {"met": r.met} for r in rows]
-    (work / "rows.json").write_text(json.dumps(all_rows, indent=2))
+    atomic_write_text(work / "rows.json", json.dumps(all_rows, indent=2))
     out = work / "results.md"
-    out.write_text("\n".join(md))
+    atomic_write_text(out, "\n".join(md))
     return out
 
 
@@ -812,7 +817,9 @@ def main() -> None:
     if args.publish:
         args.publish.mkdir(parents=True, exist_ok=True)
         for f in [args.work / "results.md", *args.work.glob("*.png")]:
-            shutil.copy2(f, args.publish / f.name)
+            tmp = temp_path_beside(args.publish / f.name)
+            shutil.copy2(f, tmp)
+            tmp.replace(args.publish / f.name)
         print(f"published to {args.publish}")
 
 

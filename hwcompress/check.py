@@ -543,15 +543,7 @@ def write_baseline(baseline: LatencyBaseline, path: str | os.PathLike[str]) -> P
     """Write ``baseline`` as indented JSON, atomically."""
     out = Path(path)
     atomic_write_text(out, json.dumps(baseline.to_dict(), indent=1, sort_keys=False) + "\n")
-    _umask_mode(out)
     return out
-
-
-def _umask_mode(path: Path) -> None:
-    """Give a file written through a temp file (mode 0600) the mode a plain ``open`` would (e.g. 0644)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
 
 
 @dataclass(frozen=True)
@@ -755,5 +747,4 @@ def write_junit(result: CheckResult, path: str | os.PathLike[str]) -> Path:
     ET.fromstring(data)  # never publish a report CI cannot read
     out = Path(path)
     atomic_write_bytes(out, data)
-    _umask_mode(out)
     return out

@@ -8,9 +8,11 @@ goal that the figures do not support.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
@@ -156,3 +158,39 @@ def test_budget_fraction_parsing() -> None:
 
 def test_quiet_round_is_the_fastest_round() -> None:
     assert bc._quiet([0.68, 0.49, 0.66], [0.75, 0.55, 0.70]) == (0.49, 0.55)
+
+
+def test_baseline_is_saved_beside_its_precision_copies_not_over_them(tmp_path: Path, fmnist_small: Any) -> None:
+    """Real quantization and profiles of a small convnet: the baseline's JSON lands in rows/, every precision copy
+    stays a loadable ONNX model, and a second call reads the saved baseline instead of measuring again (a loop
+    variable once shadowed the JSON's path: the JSON overwrote baseline-int4.onnx and was never saved)."""
+    import argparse
+
+    import onnx
+    import torch
+    from torch import nn
+
+    from hwcompress.targets import load_target
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10)).eval()
+    bench = object.__new__(bc.Bench)
+    bench.args = argparse.Namespace(test_images=100, fresh=False)
+    bench.work = tmp_path
+    bench.target = load_target("x86-cpu")
+    bench.splits = fmnist_small
+    bench.shape = (1, *fmnist_small.input_shape)
+    bench.cache = None
+    bench._bases = {"tiny": SimpleNamespace(model=model)}
+    (tmp_path / "rows").mkdir()
+    base = bench.baseline("tiny")
+    saved = tmp_path / "rows" / "tiny-baseline.json"
+    assert saved.exists() and json.loads(saved.read_text())["latency_ms"] == base.latency_ms
+    copies = sorted((tmp_path / "tiny").glob("baseline*.onnx"))
+    assert len(copies) == len(bench.target.precisions)
+    for copy in copies:
+        onnx.checker.check_model(onnx.load(str(copy)))
+    assert set(base.precision_ratio) == set(bench.target.precisions)
+    bench.target = None  # a second call must not measure: it reads the saved row
+    assert bench.baseline("tiny") == base

@@ -258,8 +258,8 @@ class Bench:
         # which left uniform and global pruning fitted to budgets 55 % loose), each precision copy beside it.
         rounds: dict[str, list[Any]] = {p: [] for p in copies}
         for _ in range(BASELINE_ROUNDS):
-            for prec, path in copies.items():
-                rounds[prec].append(measure(path, self.target, cache=None))
+            for prec, copy in copies.items():  # not `path`: that is where this baseline is saved
+                rounds[prec].append(measure(copy, self.target, cache=None))
         fastest = {p: min(ms, key=lambda m: m.latency.median_ms) for p, ms in rounds.items()}
         quiet = fastest["fp32"]
         ratios = {p: m.latency.median_ms / quiet.latency.median_ms for p, m in fastest.items()}

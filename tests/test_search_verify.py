@@ -99,7 +99,7 @@ def _cand(keep: float, accuracy: float, ms: float, model_bytes: int = 1000, erro
                      params=1, reward=accuracy, seconds=0.0, measurement=m, error=error)
 
 
-def test_a_retry_is_the_better_of_the_refit_and_the_candidates_already_measured() -> None:
+def test_a_repair_is_the_better_of_the_line_and_the_candidates_already_measured() -> None:
     """Seen on ResNet-20 0.5x: a winner judged 0.7 % over its need, refitted along its repair line by one coarse
     step to proxy accuracy 0.347, while the agent had measured a candidate within the need at 0.493."""
     winner = _cand(0.75, 0.548, 0.831)
@@ -109,7 +109,8 @@ def test_a_retry_is_the_better_of_the_refit_and_the_candidates_already_measured(
     evaluator = SimpleNamespace(state=SimpleNamespace(seen={c.policy.digest(): c for c in pool}), size_budget=10**6)
     fake = SimpleNamespace(reporter=NullReporter())
     fake._best_measured = Search._best_measured
-    fake._repair = lambda env, ev, c, ms: (refit_to, {"met": True, "to_ms": 0.708})
+    fake._repair_line = lambda env, ev, c, ms: (refit_to, {"met": True, "to_ms": 0.708})
+    fake._repair = lambda *a, **k: Search._repair(fake, *a, **k)  # type: ignore[arg-type]
     got: list[Candidate] = []
 
     def verify(stage: str, cand: Candidate, need: float, retry: object) -> tuple[Candidate, dict[str, object]]:
@@ -120,8 +121,13 @@ def test_a_retry_is_the_better_of_the_refit_and_the_candidates_already_measured(
     fake._verify = verify
     kept, info = Search._verify_pruned(fake, "stage 1", None, evaluator, winner, 0.8325)  # type: ignore[arg-type]
     # within 0.8256 and most accurate (not the over-budget 0.60, the failed one, nor the one over the size budget)
-    assert got[0].accuracy == 0.493 and info["refits"][0]["taken"]["repair_accuracy"] == 0.347
+    assert got[0].accuracy == 0.493 and info["refits"][0]["taken"]["line_accuracy"] == 0.347
     # the next retry excludes what was tried and takes the next best within its need
     assert got[1].accuracy == 0.485 and kept is got[1]
-    # nothing measured within the need: the refit stands
+    # nothing measured within the need: the line's fit stands
     assert Search._best_measured(evaluator, 0.70, exclude=set()) is None  # type: ignore[arg-type]
+    assert Search._repair(fake, None, evaluator, winner, 0.70)[0] is refit_to  # type: ignore[arg-type]
+    # the line found nothing within (out of reach): a measured candidate within the need is taken, and met
+    fake._repair_line = lambda env, ev, c, ms: (winner, {"met": False, "to_ms": 0.831})
+    found, rep = Search._repair(fake, None, evaluator, winner, 0.81)  # type: ignore[arg-type]
+    assert found.accuracy == 0.485 and rep["met"] and rep["to_ms"] == 0.797

@@ -170,8 +170,12 @@ class _Device:
     """A stand-in for evaluator + target: latency = 0.1 + sum of keep ratios (ms), accuracy = mean keep."""
 
     def __init__(self, cached: bool = False) -> None:
+        from types import SimpleNamespace
+
         self.calls: list[CompressionPolicy] = []
         self.cached = cached  # readings "from the cache" (taken by an earlier search)
+        self.state = SimpleNamespace(seen={})  # what a PruneEvaluator keeps: every candidate measured
+        self.size_budget = None
 
     def __call__(self, policy: CompressionPolicy) -> EpisodeOutcome:
         from hwcompress.records import Candidate, LatencyStats, Measurement, MeasureSettings
@@ -187,6 +191,7 @@ class _Device:
         acc = float(np.mean(keep))
         cand = Candidate(policy=policy, stage="prune", accuracy=acc, macs=1, params=1, reward=acc, seconds=0.0,
                          measurement=meas)
+        self.state.seen[policy.digest()] = cand
         return EpisodeOutcome(acc, {"candidate": cand})
 
 
@@ -204,6 +209,14 @@ def _quieter(factor: float) -> object:
     return requiet
 
 
+def _search_methods(fake: object) -> None:
+    """Give a stand-in Search the repair's helpers (the real ones)."""
+    from hwcompress.search.run import Search
+
+    fake._repair_line = lambda *a, **k: Search._repair_line(fake, *a, **k)  # type: ignore[attr-defined,arg-type]
+    fake._best_measured = Search._best_measured  # type: ignore[attr-defined]
+
+
 def _repair(need_ms: float, winner: dict[str, float], quiet: float = 1.0) -> tuple[object, dict, _Device]:
     from types import SimpleNamespace
 
@@ -213,6 +226,7 @@ def _repair(need_ms: float, winner: dict[str, float], quiet: float = 1.0) -> tup
     env = PruneEnv(_layers(), device, lower_bound=0.25, channel_multiple=4)
     best = device(CompressionPolicy(keep=winner)).info["candidate"]
     fake = SimpleNamespace(reporter=NullReporter(), cfg=SimpleNamespace(lower_bound=0.25), _requiet=_quieter(quiet))
+    _search_methods(fake)
     found, info = Search._repair(fake, env, device, best, need_ms)  # type: ignore[arg-type]
     return found, info, device
 
@@ -322,6 +336,7 @@ def _verify(biases: list[float], need_ms: float, winner: dict[str, float], *, ca
     fake = SimpleNamespace(reporter=NullReporter(), cfg=SimpleNamespace(lower_bound=0.25), _judge=judge, base_ms=10.0,
                            _requiet=_quieter(1.0),
                            _candidate_file=lambda cand, model=None: cand.measurement.latency.median_ms)
+    _search_methods(fake)
     found, info = Search._verify(fake, "stage 1", best, need_ms,  # type: ignore[arg-type]
                                  lambda c, ms: Search._repair(fake, env, device, c, ms)[0])  # type: ignore[arg-type]
     return found, info, device, judged

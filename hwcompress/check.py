@@ -651,8 +651,10 @@ def run_check(
     if mode == "absolute" and base_device != ms[0].device:
         warns.append(f"absolute latency compared across machines: the baseline ran on '{base_device}', this check "
                      f"on '{ms[0].device}'; use --reference to cancel machine speed")
-    if mode == "reference" and base_ref and rs:
-        speed = statistics.median(metric_values(rs, opts.metric)) / statistics.median(metric_values(base_ref, opts.metric))
+    base_ref_ms = float(statistics.median(metric_values(base_ref, opts.metric))) if base_ref else 0.0
+    ref_ms = float(statistics.median(metric_values(rs, opts.metric))) if rs else 0.0
+    if base_ref_ms and ref_ms:
+        speed = ref_ms / base_ref_ms
         if not 1 / REFERENCE_DRIFT <= speed <= REFERENCE_DRIFT:
             warns.append(f"the reference ran {speed:.2f}x its baseline time"
                          + ("" if base_device == ms[0].device else f" (baseline on '{base_device}', now '{ms[0].device}')")
@@ -680,8 +682,8 @@ def run_check(
         reference_rounds=tuple(rs),
         baseline_model_ms=float(statistics.median(metric_values(base_rounds, opts.metric))),
         current_model_ms=float(statistics.median(metric_values(ms, opts.metric))),
-        baseline_reference_ms=float(statistics.median(metric_values(base_ref, opts.metric))) if base_ref else 0.0,
-        current_reference_ms=float(statistics.median(metric_values(rs, opts.metric))) if rs else 0.0,
+        baseline_reference_ms=base_ref_ms,
+        current_reference_ms=ref_ms,
         warnings=tuple(warns),
         seconds=time.perf_counter() - t0,
         created=_now(),

@@ -28,6 +28,7 @@ Output: results.md (tables, goals, findings), pareto-<model>.png, policy-<model>
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import shutil
@@ -37,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwcompress.fsutil import atomic_write_bytes, atomic_write_text, temp_path_beside
+from hwcompress.fsutil import atomic_write_bytes, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -647,13 +648,10 @@ def pareto_png(model: str, base: Baseline, rows: list[Row], path: Path) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = temp_path_beside(path, ".png")
-    try:
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def policy_png(row: Row, path: Path) -> None:
@@ -817,9 +815,7 @@ def main() -> None:
     if args.publish:
         args.publish.mkdir(parents=True, exist_ok=True)
         for f in [args.work / "results.md", *args.work.glob("*.png")]:
-            tmp = temp_path_beside(args.publish / f.name)
-            shutil.copy2(f, tmp)
-            tmp.replace(args.publish / f.name)
+            atomic_write_bytes(args.publish / f.name, f.read_bytes())
         print(f"published to {args.publish}")
 
 

@@ -119,6 +119,7 @@ def test_a_repair_is_the_better_of_the_line_and_the_candidates_already_measured(
         return got[-1], {"met": True}
 
     fake._verify = verify
+    fake._settle = lambda stage, env, ev, cand, info, need: (cand, info)  # judged growth: tests/test_search_envs.py
     kept, info = Search._verify_pruned(fake, "stage 1", None, evaluator, winner, 0.8325)  # type: ignore[arg-type]
     # within 0.8256 and most accurate (not the over-budget 0.60, the failed one, nor the one over the size budget)
     assert got[0].accuracy == 0.493 and info["refits"][0]["taken"]["line_accuracy"] == 0.347

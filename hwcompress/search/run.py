@@ -173,6 +173,10 @@ VERIFY_ROUNDS = 3  # fresh profiles of a stage's winner and of the baseline, alt
 VERIFY_RETRIES = 2  # tighter fits tried after a winner is judged over its budget
 STAGE2_REFITS = 2  # times stage 1 prunes further when stage 2's winner is judged over the budget
 REFIT_MARGIN = 0.97  # such a refit aims this far under the fp32 latency the shortfall implies
+SETTLE_GAP = 0.05  # a stage-1 winner judged this far (relative) under its need grows back towards it, judged
+SETTLE_STEPS = 3  # judged steps of that growth
+SETTLE_AIM = 0.975  # each step aims this far under the need (verdicts of one model scatter by a few percent)
+SETTLE_CLOSE = 0.03  # a fit judged this close under the need ends the growth
 
 
 def _ms(cand: Candidate) -> float:
@@ -583,7 +587,92 @@ class Search:
 
         found, verify = self._verify(stage, cand, need_ms, refit)
         verify["refits"] = refits
-        return found, verify
+        return self._settle(stage, env, evaluator, found, verify, need_ms)
+
+    def _settle(
+        self, stage: str, env: PruneEnv, evaluator: PruneEvaluator, cand: Candidate, verify: dict[str, Any],
+        need_ms: float,
+    ) -> tuple[Candidate, dict[str, Any]]:
+        """Grow a stage-1 winner judged well under ``need_ms`` back towards it, every step judged.
+
+        The verdict's refits aim at the need scaled by how optimistic one reading was, and the
+        readings they pick from scatter by several percent, so the winner they leave is often far
+        under: seen on ResNet-20, winners judged at 0.79, 0.77 and 0.90 of their needs, the
+        capacity between given away, and a finished model 1.4 pt less accurate than uniform
+        pruning fitted to the budget.  Readings taken in this search cannot close that gap (they
+        are what was wrong); verdicts can.  The winner's keep ratios are moved along the line
+        towards the nearest candidate judged *over* the need (unpruned, at the baseline's own
+        latency, if none was), and each point is judged beside the baseline (:meth:`_judge`):
+        the line's latency is close to linear, so each step aims at ``SETTLE_AIM`` of the need by
+        the straight line through the bracket's judged ends.  A point judged within the last
+        ``1 - SETTLE_AIM`` under the need is judged a second time and must stay within on both (one
+        verdict scatters: seen, one ResNet-20 winner judged 0.3125x then 0.2912x the baseline; a
+        point judged before, an end of the line included, keeps its first verdict).  The largest
+        point judged within the need (and the size budget, if any) is kept; ``verify`` then
+        describes it.
+        """
+        ms0 = verify.get("ms")
+        if not verify.get("met") or ms0 is None or ms0 >= need_ms * (1.0 - SETTLE_GAP):
+            return cand, verify
+        overs = [t for t in verify.get("tries", []) if t["ms"] > need_ms and t.get("policy") in evaluator.state.seen]
+        if overs:
+            top = min(overs, key=lambda t: t["ms"])
+            end, ms_hi = Search._keep_vector(env, evaluator.state.seen[top["policy"]]), float(top["ms"])
+        else:
+            end, ms_hi = np.array([env._choices(i)[-1] for i in range(len(env.layers))]), self.base_ms
+        at = Search._line(env, evaluator, Search._keep_vector(env, cand), end)
+        size = evaluator.size_budget
+        info: dict[str, Any] = {"from_ms": ms0, "need_ms": need_ms, "toward_ms": ms_hi, "steps": [], "settled": False}
+        lo, hi, ms_lo, last = 0.0, 1.0, float(ms0), verify["tries"][-1]
+        # the line rounds to channel multiples, so points repeat, the ends too: a model's first verdict stands
+        # (seen: one ResNet-20 winner judged 0.3125x, then 0.2912x; the need was 0.294x)
+        known: dict[str, dict[str, Any]] = {t["policy"]: t for t in verify.get("tries", []) if t.get("policy")}
+        for _ in range(SETTLE_STEPS):
+            if ms_lo >= need_ms * (1.0 - SETTLE_CLOSE) or ms_hi <= ms_lo:
+                break
+            frac = min(max((need_ms * SETTLE_AIM - ms_lo) / (ms_hi - ms_lo), 0.1), 0.9)
+            mid = lo + frac * (hi - lo)
+            point = at(mid)
+            if point.policy.digest() == cand.policy.digest():  # under one channel multiple from the winner
+                lo = mid
+                continue
+            if not _meets(point, float("inf")) or (size is not None and point.measurement is not None
+                                                    and point.measurement.model_bytes > size):
+                hi, ms_hi = mid, need_ms * 1.05  # unusable: treated as just over
+                continue
+            verdict = known.get(point.policy.digest())
+            if verdict is None:
+                try:
+                    verdict = self._judge(self._candidate_file(point))
+                except HwcompressError as exc:
+                    info["error"] = str(exc)
+                    break
+                verdict.update(policy=point.policy.digest(), single_ms=_ms(point), scale=mid)
+                info["steps"].append(verdict)
+                known[verdict["policy"]] = verdict
+            if need_ms * SETTLE_AIM < verdict["ms"] <= need_ms and not verdict.get("confirmed"):
+                # close under the need: one verdict scatters by a few percent, so a second one must agree
+                try:
+                    again = self._judge(self._candidate_file(point))
+                except HwcompressError as exc:
+                    info["error"] = str(exc)
+                    break
+                verdict.update(confirmed=True, first_ms=verdict["ms"], ms=max(verdict["ms"], again["ms"]),
+                               ratio=max(verdict["ratio"], again["ratio"]), again_rounds_ms=again["rounds_ms"],
+                               again_base_rounds_ms=again.get("base_rounds_ms"))
+            if verdict["ms"] <= need_ms:
+                cand, last, lo, ms_lo = point, verdict, mid, float(verdict["ms"])
+                info["settled"] = True
+            else:
+                hi, ms_hi = mid, float(verdict["ms"])
+        if info["settled"]:
+            verify.update(ratio=last["ratio"], ms=last["ms"], policy=last["policy"])
+            self.reporter.message(
+                f"{stage}: the winner was judged at {ms0:.3f} ms, well under {need_ms:.3f} ms; grown back towards it: "
+                f"{last['ms']:.3f} ms judged, accuracy {cand.accuracy * 100:.1f}% ({len(info['steps'])} judged steps)"
+            )
+        verify["settle"] = info
+        return cand, verify
 
     @staticmethod
     def _best_measured(evaluator: PruneEvaluator, need_ms: float, exclude: set[str]) -> Candidate | None:

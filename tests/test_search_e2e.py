@@ -187,8 +187,10 @@ def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) ->
     s1 = json.loads((tmp_path / "kill" / "stage1.json").read_text())
     extra = (s1["repair"] or {}).get("steps", 0) + (s1["grow"] or {}).get("steps", 0)
     extra += sum(r["steps"] for r in (s1["verify"] or {}).get("refits", []))
+    extra += ((s1["verify"] or {}).get("settle") or {}).get("points", 0)  # grown back towards the need on verdicts
     for r in s1.get("stage2_refits", []):  # stage 1 pruned further after stage 2's winner was judged over
         extra += r["repair"]["steps"] + sum(x["steps"] for x in (r["verify"] or {}).get("refits", []))
+        extra += ((r["verify"] or {}).get("settle") or {}).get("points", 0)
     assert max(episodes) <= 7 + extra and episodes == sorted(episodes)
     assert (tmp_path / "kill-artifact" / "manifest.json").is_file()
     # the same budget after resume: the baseline kept, unless its re-profile after stage 1 found it faster

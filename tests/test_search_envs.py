@@ -432,6 +432,7 @@ def test_settle_grows_a_winner_judged_far_under_its_need_towards_the_try_judged_
 
     found, info, device, judged = _settle(winner, [(over, 3.35), (None, 2.1)], 2.9)
     env, ms = device.env, found.measurement.latency.median_ms
+    assert len(device.calls) - 2 == info["settle"]["points"] >= len(judged)  # every line point evaluated is counted
     # the line rounds every group to its channel multiple; its points, densely sampled (the stand-in is free)
     line = Search._line(env, device, np.array([1.0, 0.25, 0.5, 0.25]), np.array([1.0, 1.0, 1.0, 0.25]))
     on_line = {line(s / 200).measurement.latency.median_ms for s in range(201)}

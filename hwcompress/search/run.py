@@ -622,7 +622,8 @@ class Search:
             end, ms_hi = np.array([env._choices(i)[-1] for i in range(len(env.layers))]), self.base_ms
         at = Search._line(env, evaluator, Search._keep_vector(env, cand), end)
         size = evaluator.size_budget
-        info: dict[str, Any] = {"from_ms": ms0, "need_ms": need_ms, "toward_ms": ms_hi, "steps": [], "settled": False}
+        info: dict[str, Any] = {"from_ms": ms0, "need_ms": need_ms, "toward_ms": ms_hi, "steps": [], "settled": False,
+                                "points": 0}  # points: line candidates evaluated (logged, like a repair's steps)
         lo, hi, ms_lo, last = 0.0, 1.0, float(ms0), verify["tries"][-1]
         # the line rounds to channel multiples, so points repeat, the ends too: a model's first verdict stands
         # (seen: one ResNet-20 winner judged 0.3125x, then 0.2912x; the need was 0.294x)
@@ -633,6 +634,7 @@ class Search:
             frac = min(max((need_ms * SETTLE_AIM - ms_lo) / (ms_hi - ms_lo), 0.1), 0.9)
             mid = lo + frac * (hi - lo)
             point = at(mid)
+            info["points"] += 1
             if point.policy.digest() == cand.policy.digest():  # under one channel multiple from the winner
                 lo = mid
                 continue

@@ -628,6 +628,14 @@ class Search:
         # the line rounds to channel multiples, so points repeat, the ends too: a model's first verdict stands
         # (seen: one ResNet-20 winner judged 0.3125x, then 0.2912x; the need was 0.294x)
         known: dict[str, dict[str, Any]] = {t["policy"]: t for t in verify.get("tries", []) if t.get("policy")}
+
+        def judged(point: Candidate) -> dict[str, Any] | None:
+            try:
+                return self._judge(self._candidate_file(point))
+            except HwcompressError as exc:  # cannot judge: stop growing, keep what was judged within
+                info["error"] = str(exc)
+                return None
+
         for _ in range(SETTLE_STEPS):
             if ms_lo >= need_ms * (1.0 - SETTLE_CLOSE) or ms_hi <= ms_lo:
                 break
@@ -644,20 +652,14 @@ class Search:
                 continue
             verdict = known.get(point.policy.digest())
             if verdict is None:
-                try:
-                    verdict = self._judge(self._candidate_file(point))
-                except HwcompressError as exc:
-                    info["error"] = str(exc)
+                if (verdict := judged(point)) is None:
                     break
                 verdict.update(policy=point.policy.digest(), single_ms=_ms(point), scale=mid)
                 info["steps"].append(verdict)
                 known[verdict["policy"]] = verdict
             if need_ms * SETTLE_AIM < verdict["ms"] <= need_ms and not verdict.get("confirmed"):
                 # close under the need: one verdict scatters by a few percent, so a second one must agree
-                try:
-                    again = self._judge(self._candidate_file(point))
-                except HwcompressError as exc:
-                    info["error"] = str(exc)
+                if (again := judged(point)) is None:
                     break
                 verdict.update(confirmed=True, first_ms=verdict["ms"], ms=max(verdict["ms"], again["ms"]),
                                ratio=max(verdict["ratio"], again["ratio"]), again_rounds_ms=again["rounds_ms"],

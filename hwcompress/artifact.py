@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -342,6 +343,7 @@ def export_artifact(
     reference_images: int = REFERENCE_IMAGES,
     reduce_range: bool | None = None,
     plots: bool = True,
+    accept: Callable[[Manifest, Path], Manifest] | None = None,
 ) -> Manifest:
     """Quantize ``model`` with ``policy`` for ``target``, check it, measure it, write ``out_dir``.
 
@@ -351,6 +353,9 @@ def export_artifact(
     result measured on ``target`` with :func:`hwcompress.profiling.measure.measure`, accuracy on
     ``test`` (first ``test_limit``) in the runtime -> :func:`write_artifact` -> validated.
     ``variants`` (label -> policy) are measured the same way and shown in the report.
+    ``accept(manifest, device_file)`` is called once everything is measured and before anything
+    is written: it returns the manifest to write (e.g. with its budget verdict) or raises, and
+    then nothing is written.
     """
     from hwcompress.export import export_onnx
     from hwcompress.quantize import layer_precisions, quantizable_layers, quantize_onnx, resolve_precisions
@@ -449,6 +454,8 @@ def export_artifact(
             layers=_layer_records(fp32, q_onnx, policy, torch_model, tfl_prec),
             variants=measured_variants,
         )
+        if accept is not None:
+            manifest = accept(manifest, device_file)
         write_artifact(out, onnx_path=q_onnx, tflite_path=q_tflite, manifest=manifest,
                        reference=(x_ref, ref_logits), force=force, plots=plots)
     finally:
@@ -457,9 +464,6 @@ def export_artifact(
     check.raise_for_problems()
     return read_manifest(out)
 
-
-_check_destination = check_destination  # old private names, used by search.run and pipeline
-_figures = measure_figures
 
 __all__ = [
     "FileCheck",

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,11 +52,31 @@ CacheOpt = Annotated[
 CheckpointOpt = Annotated[str | None, typer.Option("--checkpoint", help="Weights for a package.module:factory model")]
 
 
+class _StderrNow:
+    """Writes to whatever ``sys.stderr`` is at the time (the search may point it elsewhere)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
     handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], format="%(message)s")
+    # Without a terminal rich's live bars print nothing until the end: progress lines instead.
+    progress = logging.getLogger("hwcompress.progress")
+    if not err.is_terminal:
+        plain = logging.StreamHandler(_StderrNow())
+        plain.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        progress.addHandler(plain)
+        progress.setLevel(logging.INFO)
+    elif not verbose:
+        progress.setLevel(logging.WARNING)
+    progress.propagate = False
 
 
 @app.callback()
@@ -87,7 +108,8 @@ def targets_list(ctx: typer.Context) -> None:
         table.add_column(col, overflow="fold")
     for name in target_names():
         t = load_target(name)
-        conn = "local" if t.connection.kind == "local" else f"ssh {t.connection.user}@{t.connection.host}:{t.connection.port}"
+        c = t.connection
+        conn = "local" if c.kind == "local" else (f"ssh {c.user}@{c.host}:{c.port}" if c.host else "ssh (host not set: --host)")
         table.add_row(t.name, t.runtime, ",".join(t.precisions), str(t.channel_multiple), str(t.threads), conn)
     out.print(table)
 
@@ -113,9 +135,11 @@ def targets_check(
 ) -> None:
     """Connect to the target and report Python, runtime and version, CPU/GPU, free disk (exit 1 if unusable)."""
     from hwcompress.device_check import check_device, format_report
+    from hwcompress.preflight import host_set
     from hwcompress.targets import load_target
 
     tgt = load_target(name, host=host, port=port, user=user, key=key, python=remote_python, known_hosts=known_hosts)
+    host_set(tgt)
     report = check_device(tgt, trust_new_host=trust_new_host)
     out.print(format_report(report), markup=False, highlight=False)
     if not report.ok:
@@ -201,12 +225,79 @@ def profile(
 
     tgt = load_target(target)
     shape = _parse_shape(input_shape)
-    onnx_path = model_to_onnx(model, shape, num_classes=num_classes, checkpoint=checkpoint)
-    m = measure(onnx_path, tgt, cache=MeasurementCache(cache), force=no_cache)
+    # A .tflite file goes to a tflite target as is (measure() checks that it exists and that the
+    # target's runtime takes it); anything else is resolved to ONNX.
+    model_path = (Path(model) if model.endswith(".tflite")
+                  else model_to_onnx(model, shape, num_classes=num_classes, checkpoint=checkpoint))
+    m = measure(model_path, tgt, cache=MeasurementCache(cache), force=no_cache)
     if as_json:
         out.print_json(json.dumps(m.to_dict()))
     else:
         out.print(_measurement_table(f"{Path(model).name} on {tgt.name}", _measurement_rows(m)))
+
+
+@app.command("latency-model")
+def latency_model(
+    model: Annotated[str, typer.Argument(help="A built-in model (vgg-small, resnet-20, mobilenetv2-small) or package.module:factory")],
+    target: TargetOpt = "x86-cpu",
+    candidates: Annotated[int, typer.Option("--candidates", help="Random pruned candidates held out (not used in fitting)")] = 30,
+    fit: Annotated[int, typer.Option("--fit", help="Random pruned candidates the residual is fitted to")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random candidates")] = 0,
+    max_entries: Annotated[int, typer.Option("--max-entries", help="Most table entries (channel grid thinned beyond)")] = 600,
+    mixed: Annotated[int, typer.Option("--mixed", help="Also hold out N random mixed-precision pruned candidates "
+                                                       "(table gets the target's precisions and boundary costs)")] = 0,
+    passes: Annotated[int, typer.Option("--passes", help="Interleaved measurement passes per candidate (median taken)")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures (and every candidate) as JSON")] = False,
+    cache: CacheOpt = None,
+    input_shape: Annotated[str, typer.Option("--input-shape", help="C,H,W (default 1,28,28)")] = "1,28,28",
+    num_classes: Annotated[int, typer.Option(help="Classes")] = 10,
+    checkpoint: CheckpointOpt = None,
+) -> None:
+    """Build or load the per-layer latency table on a target and check its predictor on held-out
+    random pruned candidates, beside the MACs model on the same candidates."""
+    from hwcompress.latency.predictor import evaluate
+    from hwcompress.pipeline import load_torch_model
+    from hwcompress.profiling.cache import MeasurementCache
+    from hwcompress.targets import load_target
+
+    if model.endswith((".onnx", ".tflite")):
+        raise UsageError(f"latency-model prunes the model, so it needs a torch model (built-in or package.module:factory), not {model}")
+    if max_entries < 1:
+        raise UsageError(f"--max-entries must be >= 1, got {max_entries}")
+    if passes < 1:
+        raise UsageError(f"--passes must be >= 1, got {passes}")
+    if mixed < 0 or mixed == 1:
+        raise UsageError(f"--mixed must be 0 or at least 2, got {mixed}")
+    tgt = load_target(target)
+    shape = (1, *_parse_shape(input_shape))
+    import torch
+
+    torch.manual_seed(seed)  # fixed weights: the same files, so a second run hits the measurement cache
+    net = load_torch_model(model, shape[1:], num_classes=num_classes, checkpoint=checkpoint)
+    ev = evaluate(net, shape, tgt, model_name=model, n_candidates=candidates, n_fit=fit, seed=seed,
+                  cache=MeasurementCache(cache), max_entries=max_entries, n_mixed=mixed,
+                  passes=passes)
+    d = ev.to_dict()
+    if as_json:
+        out.print_json(json.dumps(d))
+        return
+    table = Table(title=f"{model} on {tgt.name}: {d['held_out']['n']} held-out candidates, residual fitted on {ev.n_fit}")
+    for col in ("model", "within ±10%", "Spearman", "median |error|"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    rows = [("layer table + residual", ev.held_out), ("MACs model", ev.macs_model)]
+    if ev.mixed:
+        rows.append((f"layer table, {mixed} mixed-precision", ev.mixed))
+    for label, f in rows:
+        table.add_row(label, f"{f['within_10pct'] * 100:.0f}%", f"{f['spearman']:.3f}", f"{f['median_abs_err'] * 100:.1f}%")
+    out.print(table)
+    t = d["table"]
+    repeat = "" if t["repeat_median_rel_diff"] is None else f", repeat median diff {t['repeat_median_rel_diff'] * 100:.1f}%"
+    h = d["held_out"]
+    if "remeasure_within_10pct" in h:
+        out.print(f"noise floor: a 2nd pass re-measures {h['remeasure_within_10pct'] * 100:.0f}% of the held-out "
+                  f"candidates within ±10% of the 1st (median |diff| {h['remeasure_median_abs_diff'] * 100:.1f}%)")
+    out.print(f"table: {t['entries']} entries ({t['measured']} measured, {t['cached']} from the cache) in "
+              f"{t['seconds']:.1f} s{repeat}; residual: {ev.alpha_ms:+.3f} ms + {ev.beta:.3f} x table sum")
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
@@ -312,32 +403,54 @@ def export_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact folder")] = False,
     cache: CacheOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the data splits")] = 0,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        "--max-accuracy-drop", help="Refuse an export whose test accuracy falls more than this many points "
+        "below the float model's (or the pruned file's own)")] = 10.0,
 ) -> None:
     """Apply a policy (pruning + per-layer precision), quantize for real and write a validated artifact."""
+    from hwcompress.paths import cache_dir
     from hwcompress.pipeline import export_with_policy
+    from hwcompress.runlog import library_output_to
 
-    m = export_with_policy(
-        model, policy_file=policy, target=target, out_dir=out_dir, checkpoint=checkpoint, data=data,
-        finetune_epochs=finetune_epochs, test_limit=test_limit, force=force, cache_path=cache, seed=seed,
-        command=" ".join(["hwcompress", *sys.argv[1:]]),
-    )
+    libs = cache_dir() / "logs" / time.strftime("export-%Y%m%d-%H%M%S.log")
+    with library_output_to(libs):  # converters' warnings and native logs, out of the terminal
+        m = export_with_policy(
+            model, policy_file=policy, target=target, out_dir=out_dir, checkpoint=checkpoint, data=data,
+            finetune_epochs=finetune_epochs, test_limit=test_limit, force=force, cache_path=cache, seed=seed,
+            command=" ".join(["hwcompress", *sys.argv[1:]]), max_accuracy_drop=max_accuracy_drop,
+        )
     res = type("R", (), {"manifest": m, "latency_model_within": (0, 0), "budget_ms": 0.0, "baseline_ms": 0.0,
                          "candidates": 0, "seconds": {}, "artifact": out_dir, "run_dir": "—"})()
     _print_search_result(res, summary=False)
 
 
 # --------------------------------------------------------------------------- search
+@dataclass
+class _StageClock:
+    label: str
+    total: int
+    start_done: int
+    t0: float
+
+
 class _ProgressReporter:
-    """Rich progress bars with best-so-far accuracy, measured latency and reward."""
+    """Live bars on a terminal; elsewhere (CI logs, ``> log``) one plain line per episode and stage.
+
+    Each line: stage, episodes done of the total, elapsed time, ETA, the candidate and the best so
+    far.  Evaluations past a stage's episodes (the winner's checks) do not move its bar past its total.
+    """
 
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self.live = err.is_terminal
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[best]}"), console=err, transient=False,
+            TextColumn("{task.fields[best]}"), console=err, transient=False, disable=not self.live,
         )
         self.tasks: dict[str, Any] = {}
+        self.clocks: dict[str, _StageClock] = {}
+        self.t0 = time.monotonic()
 
     def __enter__(self) -> _ProgressReporter:
         self.progress.__enter__()
@@ -346,21 +459,59 @@ class _ProgressReporter:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(None, None, None)
 
+    def _plain(self, text: str) -> None:
+        from hwcompress.progress import clock
+
+        err.print(f"{time.strftime('%H:%M:%S')} [{clock(time.monotonic() - self.t0)}] {text}", markup=False,
+                  highlight=False, soft_wrap=True)
+
     def stage(self, name: str, total: int, done: int) -> None:
         label = {"prune": "stage 1 prune", "quant": "stage 2 precision"}.get(name, name)
-        self.tasks[name] = self.progress.add_task(label, total=total, completed=done, best="")
+        done = min(done, total)
+        if name in self.tasks:  # a stage reported again (its end, or a refit): the same bar, new counts
+            self.progress.update(self.tasks[name], total=total, completed=done)
+        else:
+            self.tasks[name] = self.progress.add_task(label, total=total, completed=done, best="")
+        clk = self.clocks.get(name)
+        if clk is None or done < clk.start_done or done == 0:
+            self.clocks[name] = _StageClock(label, max(total, 1), done, time.monotonic())
+        if not self.live:
+            self._plain(f"{label}: {done}/{total} episodes" + (" (resumed)" if 0 < done < total else ""))
+
+    @staticmethod
+    def _best_text(best: Any) -> str:
+        if best is None:
+            return ""
+        lat = f"{best.measurement.latency.median_ms:.3f} ms" if best.measurement else f"{best.macs / 1e6:.1f} MMACs"
+        return f"best acc {best.accuracy * 100:.2f}% · {lat} · reward {best.reward:.3f}"
 
     def candidate(self, stage: str, episode: int, cand: Any, best: Any, within: bool) -> None:
+        from hwcompress.progress import clock
+
         if stage not in self.tasks:
             return
-        text = ""
-        if best is not None:
-            lat = f"{best.measurement.latency.median_ms:.3f} ms" if best.measurement else f"{best.macs / 1e6:.1f} MMACs"
-            text = f"best acc {best.accuracy * 100:.2f}% · {lat} · reward {best.reward:.3f}"
-        self.progress.update(self.tasks[stage], completed=episode, best=text)
+        clk = self.clocks[stage]
+        past = episode > clk.total
+        completed = min(max(episode, 0), clk.total)
+        self.progress.update(self.tasks[stage], completed=completed, best=self._best_text(best))
+        if self.live:
+            return
+        ran = max(completed - clk.start_done, 0)
+        elapsed = time.monotonic() - clk.t0
+        eta = f"ETA {clock(elapsed / ran * (clk.total - completed))}" if ran and not past else ""
+        what = f"{clk.label}: checking the winner" if past else f"{clk.label}: episode {completed}/{clk.total}"
+        lat = f"{cand.measurement.latency.median_ms:.3f} ms" if cand.measurement else f"{cand.macs / 1e6:.1f} MMACs"
+        parts = [what, f"{clock(elapsed)} elapsed", eta,
+                 f"candidate {cand.accuracy * 100:.1f}% {lat}{'' if within else ' (over)'}", self._best_text(best)]
+        self._plain(" · ".join(p for p in parts if p))
 
     def message(self, text: str) -> None:
-        self.progress.console.print(f"[dim]{text}[/dim]")
+        if self.live:
+            from rich.markup import escape
+
+            self.progress.console.print(f"[dim]{escape(text)}[/dim]", highlight=False)
+        else:
+            self._plain(text)
 
 
 @app.command()
@@ -397,8 +548,13 @@ def search(
     remote_python: Annotated[str | None, typer.Option("--remote-python", help="Python on the device")] = None,
     known_hosts: Annotated[str | None, typer.Option("--known-hosts", help="known_hosts file to verify the device")] = None,
     trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="Add an unknown host key to known_hosts (says so)")] = False,
+    allow_over_budget: Annotated[bool, typer.Option(
+        "--allow-over-budget", help="Write the artifact even when the result is over a budget (still exit 3)")] = False,
 ) -> None:
-    """Two-stage DRL search with latency measured on the target; writes an artifact."""
+    """Two-stage DRL search with latency measured on the target; writes an artifact.
+
+    Exit codes: 0 the result meets every budget; 2 bad input (nothing searched); 3 the result is over a budget on the final measurement, or a budget is out of reach (the artifact is written only with --allow-over-budget, its manifest saying budget_met: false).
+    """
     from hwcompress.search.run import Search, SearchConfig
 
     command = " ".join(["hwcompress", *sys.argv[1:]])
@@ -427,8 +583,30 @@ def search(
                 raise UsageError(f"run folder {rd} is not empty; use --resume {rd} to continue it or choose --run-dir")
             s = Search(cfg, rd, reporter=rep, cache_path=cache, command=command)
         s.trust_new_host = trust_new_host
-        res = s.run()
+        s.allow_over_budget = allow_over_budget
+        s.quiet_libraries = True
+        try:
+            res = s.run()
+        except KeyboardInterrupt:
+            if (s.run_dir / "config.json").is_file():
+                err.print(f"hwcompress: interrupted; continue with `hwcompress search --resume {s.run_dir}`", markup=False)
+                sys.exit(130)
+            raise
     _print_search_result(res)
+    if not res.budget_met:
+        err.print("hwcompress: over budget: " + "; ".join(res.final.get("misses", [])) + f"; artifact {res.artifact} "
+                  "written because of --allow-over-budget (manifest budget_met: false)",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(3)
+
+
+def times(before: float, after: float, better: str, worse: str) -> str:
+    """``2.50x faster`` / ``1.22x slower``: how ``after`` compares with ``before`` (lower is better)."""
+    if not before or not after:
+        return "—"
+    if abs(before - after) / before < 0.005:
+        return "same"
+    return f"{before / after:.2f}x {better}" if after < before else f"{after / before:.2f}x {worse}"
 
 
 def _print_search_result(res: Any, summary: bool = True) -> None:
@@ -438,17 +616,18 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
         table.add_column(col, justify="right" if col else "left")
     if m is not None:
         b, r = m.baseline, m.result
-        def ratio(x: float, y: float) -> str:
-            return f"{x / y:.2f}x" if y else "—"
         if b.measurement and r.measurement:
             bl, rl = b.measurement.latency, r.measurement.latency
-            table.add_row("latency median", f"{bl.median_ms:.3f} ms", f"{rl.median_ms:.3f} ms", ratio(bl.median_ms, rl.median_ms) + " faster")
-            table.add_row("latency p90", f"{bl.p90_ms:.3f} ms", f"{rl.p90_ms:.3f} ms", ratio(bl.p90_ms, rl.p90_ms))
+            table.add_row("latency median", f"{bl.median_ms:.3f} ms", f"{rl.median_ms:.3f} ms",
+                          times(bl.median_ms, rl.median_ms, "faster", "slower"))
+            table.add_row("latency p90", f"{bl.p90_ms:.3f} ms", f"{rl.p90_ms:.3f} ms", times(bl.p90_ms, rl.p90_ms, "faster", "slower"))
             table.add_row("peak memory", f"{b.measurement.peak_memory_bytes / 2**20:.1f} MiB",
-                          f"{r.measurement.peak_memory_bytes / 2**20:.1f} MiB", "")
-        table.add_row("file size", f"{b.file_bytes / 1024:.1f} KiB", f"{r.file_bytes / 1024:.1f} KiB", ratio(b.file_bytes, r.file_bytes) + " smaller")
+                          f"{r.measurement.peak_memory_bytes / 2**20:.1f} MiB",
+                          times(b.measurement.peak_memory_bytes, r.measurement.peak_memory_bytes, "less", "more"))
+        table.add_row("file size", f"{b.file_bytes / 1024:.1f} KiB", f"{r.file_bytes / 1024:.1f} KiB",
+                      times(b.file_bytes, r.file_bytes, "smaller", "larger"))
         table.add_row("accuracy (test)", f"{b.accuracy * 100:.2f}%", f"{r.accuracy * 100:.2f}%", f"{(r.accuracy - b.accuracy) * 100:+.2f} pt")
-        table.add_row("MACs", f"{b.macs / 1e6:.2f} M", f"{r.macs / 1e6:.2f} M", ratio(b.macs, r.macs))
+        table.add_row("MACs", f"{b.macs / 1e6:.2f} M", f"{r.macs / 1e6:.2f} M", times(b.macs, r.macs, "fewer", "more"))
     out.print(table)
     if not summary:
         out.print(f"artifact: {res.artifact}")
@@ -456,6 +635,10 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
     hit, n = res.latency_model_within
     out.print(f"latency budget {res.budget_ms:.3f} ms (baseline {res.baseline_ms:.3f} ms); "
               f"{res.candidates} candidates; latency model within ±10% on {hit}/{n} unseen candidates")
+    lat = (getattr(res, "final", None) or {}).get("latency")
+    if lat:
+        out.print(f"final check beside the baseline: {lat['judged_ratio']:.3f}x of it ({lat['judged_ms']:.3f} ms) for a "
+                  f"{lat['budget']} budget: {'within' if lat['met'] else 'OVER'}")
     verdict = getattr(res, "verdict", None) or {}
     if verdict.get("tries"):
         refits = len(verdict["tries"]) - 1

@@ -85,6 +85,7 @@ class DataSplits:
     source: str
     digest: str
     class_names: tuple[str, ...] = ()
+    class_rule: str = ""  # how num_classes was decided, for messages
 
     def summary(self) -> str:
         c, h, w = self.input_shape
@@ -600,10 +601,7 @@ def _make_splits(
         test_idx = np.sort(np.random.default_rng(_CARVE_SEED + 1).permutation(len(test_idx))[:limit_test])
 
     mean, std = _channel_stats(x[train_idx])
-    num_classes = int(max(int(y.max()), int(y_test.max()) if y_test.size else 0)) + 1
-    num_classes = max(num_classes, len(raw.class_names))
-    if num_classes < 2:
-        raise DataError(f"{source} has a single class; a classifier needs at least two")
+    num_classes, class_rule = _class_count(raw, y, y_test, source)
     params = {
         "files": raw.files_digest,
         "seed": seed,
@@ -631,7 +629,64 @@ def _make_splits(
         source=source,
         digest=digest,
         class_names=raw.class_names,
+        class_rule=class_rule,
     )
+
+
+def _class_count(raw: _Raw, y: np.ndarray, y_test: np.ndarray, source: str) -> tuple[int, str]:
+    """(number of classes, how it was decided); DataError for labels that are not class indices.
+
+    The class count is the number of class names where the source has them (image folders,
+    Fashion-MNIST); otherwise the largest training label + 1, and then every class 0..K-1 must
+    have training images (labels such as 0..9 and 42 are not class indices).  Test labels must
+    be classes of the training data.
+    """
+    low = min(int(y.min()), int(y_test.min()) if y_test.size else 0)
+    if low < 0:
+        raise DataError(f"{source}: labels must be class indices 0..K-1, found {low}")
+    if raw.class_names:
+        k, rule = len(raw.class_names), f"one per class name of the data ({_names_shown(raw.class_names)})"
+        top = max(int(y.max()), int(y_test.max()) if y_test.size else 0)
+        if top >= k:
+            raise DataError(f"{source}: label {top} found but the data names {k} classes (labels 0..{k - 1}); fix the labels")
+    else:
+        k = int(y.max()) + 1
+        rule = "the largest training label + 1"
+        present = np.unique(y)
+        if present.size != k:
+            missing = sorted(set(range(k)) - {int(v) for v in present})
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise DataError(
+                f"{source}: training labels are {_ranges(present)} ({present.size} distinct values): class labels must be "
+                f"0..K-1 with training images for each, but {len(missing)} of 0..{k - 1} have none ({shown}); renumber the labels"
+            )
+        if y_test.size and int(y_test.max()) >= k:
+            raise DataError(
+                f"{source}: test labels go up to {int(y_test.max())} but the training labels are 0..{k - 1} "
+                f"({k} classes); the test split must use the training data's classes"
+            )
+    if k < 2:
+        raise DataError(f"{source} has a single class; a classifier needs at least two")
+    return k, rule
+
+
+def _names_shown(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def _ranges(values: np.ndarray) -> str:
+    """``0..9, 42`` for sorted unique integers."""
+    vals = [int(v) for v in values]
+    parts: list[str] = []
+    start = prev = vals[0]
+    for v in [*vals[1:], None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        parts.append(str(start) if start == prev else f"{start}..{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(parts[:6]) + (" ..." if len(parts) > 6 else "")
 
 
 __all__ = ["FASHION_MNIST_CLASSES", "DataSplits", "Split", "find_fashion_mnist", "load_splits"]

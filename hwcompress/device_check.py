@@ -18,25 +18,40 @@ import time
 from dataclasses import dataclass
 
 from hwcompress.errors import RemoteError
+from hwcompress.profiling.runner import MIN_DEVICE_PYTHON, parse_version
 from hwcompress.records import Record, Target
 
 log = logging.getLogger(__name__)
 
-#: Oldest Python the profiler scripts run on (benchcore.py).
-MIN_PYTHON = (3, 8)
+#: Oldest Python the profiler scripts run on (benchcore.py; tests/test_py36.py checks it).
+MIN_PYTHON = MIN_DEVICE_PYTHON
+#: Oldest numpy the profiler scripts run on (JetPack 4.6's apt numpy).
+MIN_NUMPY = (1, 13)
 PROBE_TIMEOUT_S = 60.0
 
-# Runs on the device with any Python >= 3.6 and the standard library only.
-_PROBE = r'''
-import json, os, platform, shutil, subprocess, sys
+# Runs on the device with the standard library only, under any Python from 2.7 on, so that a
+# Python too old for the profilers is still reported with its version (tests/test_device_probe.py).
+_PROBE = r"""
+import json, os, platform, subprocess, sys
 runtime, workdir = sys.argv[1], os.path.expanduser(sys.argv[2])
+def which(name):
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        p = os.path.join(d, name)
+        if d and os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    return ""
+try:
+    cores = os.cpu_count() or 0
+except AttributeError:
+    import multiprocessing
+    cores = multiprocessing.cpu_count()
 out = {"python": platform.python_version(), "executable": sys.executable, "arch": platform.machine(),
-       "os": platform.system() + " " + platform.release(), "cores": os.cpu_count() or 0}
+       "os": platform.system() + " " + platform.release(), "cores": cores}
 def read(p):
     try:
         with open(p, "rb") as fh:
             return fh.read().replace(b"\0", b"").decode("utf-8", "replace").strip()
-    except OSError:
+    except (IOError, OSError):
         return ""
 cpu = ""
 fields = {}
@@ -54,21 +69,41 @@ if not cpu and fields.get("cpu part"):
 out["cpu"] = cpu or platform.processor() or platform.machine()
 out["board"] = read("/proc/device-tree/model")
 out["tegra"] = read("/etc/nv_tegra_release").splitlines()[0] if read("/etc/nv_tegra_release") else ""
+rel = {}
+for line in read("/etc/os-release").splitlines():
+    k, s, v = line.partition("=")
+    if s:
+        rel[k.strip()] = v.strip().strip('"')
+out["os_release"] = {"id": rel.get("ID", ""), "codename": rel.get("VERSION_CODENAME", ""),
+                     "name": rel.get("PRETTY_NAME", "")}
+try:
+    import sysconfig
+    out["externally_managed"] = sys.prefix == getattr(sys, "base_prefix", sys.prefix) and os.path.isfile(
+        os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED"))
+except Exception:
+    out["externally_managed"] = False
 gpu = ""
-if shutil.which("nvidia-smi"):
+if which("nvidia-smi"):
     try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=20).stdout.decode().strip()
+        proc = subprocess.Popen(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                 "--format=csv,noheader"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        gpu = proc.communicate()[0].decode("utf-8", "replace").strip()
     except Exception:
         gpu = ""
 out["gpu"] = gpu.replace("\n", "; ")
+try:  # emulated_on() comes from benchcore.py, prepended by _probe_source()
+    out["emulated"] = emulated_on(platform.machine(), read("/proc/sys/kernel/arch"), read("/proc/cpuinfo"))
+except NameError:
+    out["emulated"] = ""
 def version(name):
     try:
         mod = __import__(name, fromlist=["_"])
     except Exception as exc:
         return None, (type(exc).__name__ + ": " + str(exc)).splitlines()[0][:200]
+    if name == "tensorflow.lite":
+        mod = sys.modules.get("tensorflow", mod)
     return str(getattr(mod, "__version__", "unknown")), ""
-mods = {"tflite": ["ai_edge_litert", "tflite_runtime"], "onnxruntime": ["onnxruntime"],
+mods = {"tflite": ["ai_edge_litert", "tflite_runtime", "tensorflow.lite"], "onnxruntime": ["onnxruntime"],
         "tensorrt": ["tensorrt"]}.get(runtime, [runtime])
 out["runtime_module"], out["runtime_version"], out["runtime_error"] = mods[0], "", ""
 for m in mods:
@@ -80,19 +115,22 @@ for m in mods:
 out["numpy"], out["numpy_error"] = version("numpy")
 if runtime == "tensorrt":
     import ctypes, ctypes.util
-    names = [ctypes.util.find_library("cudart") or "", "libcudart.so", "libcudart.so.12", "libcudart.so.11.0",
-             "libcudart.so.10.2", "/usr/local/cuda/lib64/libcudart.so"]
-    out["cudart"], out["cuda_devices"] = "", 0
-    for n in filter(None, names):
+    names = [ctypes.util.find_library("cudart") or "", "libcudart.so", "libcudart.so.13", "libcudart.so.12",
+             "libcudart.so.11.0", "libcudart.so.10.2", "/usr/local/cuda/lib64/libcudart.so",
+             "/usr/local/cuda/targets/aarch64-linux/lib/libcudart.so"]
+    out["cudart"], out["cuda_devices"], out["cuda_runtime"] = "", 0, ""
+    for n in [x for x in names if x]:
         try:
             lib = ctypes.CDLL(n)
         except OSError:
             continue
         out["cudart"] = n
-        count = ctypes.c_int(0)
+        count, rt = ctypes.c_int(0), ctypes.c_int(0)
         out["cuda_devices"] = count.value if lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
+        if lib.cudaRuntimeGetVersion(ctypes.byref(rt)) == 0 and rt.value:
+            out["cuda_runtime"] = "%d.%d" % (rt.value // 1000, (rt.value % 1000) // 10)
         break
-out["tools"] = {t: bool(shutil.which(t)) for t in ("timeout", "sha256sum")}
+out["tools"] = dict((t, bool(which(t))) for t in ("timeout", "sha256sum"))
 d = workdir
 while d and not os.path.isdir(d):
     d = os.path.dirname(d)
@@ -103,7 +141,7 @@ except OSError:
     out["free_disk_bytes"] = -1
 out["workdir"] = workdir
 print(json.dumps(out))
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -122,6 +160,10 @@ class DeviceReport(Record):
     board: str = ""
     gpu: str = ""
     tegra_release: str = ""
+    emulated: str = ""  # the host's architecture when the device's Python runs under an emulator
+    os_release: str = ""  # PRETTY_NAME of /etc/os-release
+    externally_managed: bool = False  # the device's Python is PEP 668 externally managed (pip refuses)
+    cuda_runtime: str = ""  # CUDA runtime version of libcudart ("10.2"), TensorRT targets only
     arch: str = ""
     os: str = ""
     cores: int = 0
@@ -136,27 +178,77 @@ class DeviceReport(Record):
         return not self.problems
 
 
-def install_command(runtime: str, python: str = "python3") -> str:
-    """The command that installs ``runtime``'s Python package on the device."""
+def jetpack_of(tegra_release: str) -> str:
+    """JetPack generation from the first line of /etc/nv_tegra_release (``# R32 (release), REVISION:
+    6.1``: "4" for L4T R32, "5" for R35, "6" for R36), or "" off a Jetson."""
+    import re
+
+    m = re.search(r"\bR(\d+)\b", tegra_release or "")
+    return {"32": "4", "35": "5", "36": "6"}.get(m.group(1), "") if m else ""
+
+
+def install_command(runtime: str, python: str = "python3", *, jetpack: str = "", externally_managed: bool = False,
+                    arch: str = "") -> str:
+    """The command that installs ``runtime``'s Python package on the device, for its board:
+    ``jetpack`` ("4", "5", "6" or ""), ``externally_managed`` (PEP 668: Debian 12 Bookworm,
+    Raspberry Pi OS Bookworm, Ubuntu 23.04+), ``arch`` (``platform.machine()``)."""
     py = python if python else "python3"
-    if runtime == "tflite":
-        return (f"{py} -m pip install ai-edge-litert  (64-bit OS; on an old 32-bit OS: {py} -m pip install "
-                "tflite-runtime 'numpy<2'; with an externally-managed Python create a venv first: "
-                "python3 -m venv ~/hwc && ~/hwc/bin/pip install ai-edge-litert, then connection.python = "
-                "\"~/hwc/bin/python\")")
-    if runtime == "onnxruntime":
-        return f"{py} -m pip install onnxruntime"
     if runtime == "tensorrt":
-        return ("TensorRT comes with JetPack on a Jetson: sudo apt-get install nvidia-jetpack (or python3-libnvinfer); "
-                f"on a desktop GPU: {py} -m pip install tensorrt")
-    return f"{py} -m pip install {runtime}"
+        if jetpack == "4":
+            return ("TensorRT 8.2 comes with JetPack 4.6; its Python binding and numpy are Debian packages: "
+                    "sudo apt-get install python3-libnvinfer python3-numpy (use the system python3, 3.6.9)")
+        if jetpack:
+            return (f"TensorRT comes with JetPack {jetpack}: sudo apt-get install nvidia-jetpack (or just "
+                    "python3-libnvinfer python3-numpy), with the system python3")
+        pip = f"{py} -m pip install 'tensorrt>=8.5,<12'"
+        if externally_managed:
+            return ("python3 -m venv ~/hwc && ~/hwc/bin/pip install 'tensorrt>=8.5,<12' numpy, then set "
+                    "connection.python = \"~/hwc/bin/python\" (PyPI's tensorrt 8.5-11.x; trt_bench.py supports those "
+                    "and JetPack's 8.2)")
+        return f"{pip}  (PyPI's tensorrt 8.5-11.x; trt_bench.py supports those and JetPack's 8.2)"
+    package = {"tflite": "ai-edge-litert", "onnxruntime": "onnxruntime"}.get(runtime, runtime)
+    if externally_managed:
+        cmd = (f"python3 -m venv ~/hwc && ~/hwc/bin/pip install {package}, then set connection.python = "
+               f"\"~/hwc/bin/python\" (or, into the system Python: {py} -m pip install --break-system-packages "
+               f"{package})")
+    else:
+        cmd = f"{py} -m pip install {package}"
+    if runtime == "tflite":
+        if arch in ("armv7l", "armv6l"):
+            cmd = cmd.replace("ai-edge-litert", "tflite-runtime 'numpy<2'")
+            return cmd + "  (32-bit OS: ai-edge-litert has no armv7 wheels)"
+        return cmd + "  (a device with full TensorFlow needs nothing more: tensorflow.lite is used)"
+    return cmd
+
+
+def numpy_command(python: str = "python3", *, jetpack: str = "", externally_managed: bool = False) -> str:
+    """The command that installs numpy on the device (the Debian package for a system Python)."""
+    if jetpack or externally_managed:
+        return ("sudo apt-get install python3-numpy" + ("" if jetpack else
+                " (for the system python3; in a venv: ~/hwc/bin/pip install numpy)"))
+    return f"{python or 'python3'} -m pip install numpy"
+
+
+def _probe_source() -> str:
+    """The probe with benchcore's ``emulated_on`` defined first: one emulation rule for the
+    profilers' device string and this report."""
+    import ast
+
+    from hwcompress.profiling.adapters import profilers_dir
+
+    path = profilers_dir() / "benchcore.py"
+    text = path.read_text(encoding="utf-8")
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == "emulated_on":
+            return (ast.get_source_segment(text, node) or "") + "\n" + _PROBE
+    raise RemoteError(f"{path} has no emulated_on(); reinstall hwcompress")
 
 
 def _probe_local(target: Target) -> tuple[str, float]:
     t0 = time.perf_counter()
     try:
         res = subprocess.run(
-            [sys.executable, "-c", _PROBE, target.runtime, target.connection.workdir],
+            [sys.executable, "-c", _probe_source(), target.runtime, target.connection.workdir],
             capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
@@ -171,13 +263,17 @@ def _probe_ssh(target: Target, trust_new_host: bool) -> tuple[str, float, str]:
 
     runner = ssh_runner(target.connection, trust_new_host=trust_new_host)
     t0 = time.perf_counter()
-    cmd = (f"{sh_path(target.connection.python)} -c {shlex.quote(_PROBE)} {shlex.quote(target.runtime)} "
+    cmd = (f"{sh_path(target.connection.python)} -c {shlex.quote(_probe_source())} {shlex.quote(target.runtime)} "
            f"{shlex.quote(target.connection.workdir)}")
     res = runner.execute(cmd, PROBE_TIMEOUT_S)
     seconds = time.perf_counter() - t0
     if res.returncode in (126, 127):
         return "", seconds, runner.address
     if res.returncode != 0:
+        if "SyntaxError" in res.stderr:  # a Python too old for the probe: still say which one
+            version = runner.python_version()
+            if parse_version(version) and parse_version(version) < MIN_PYTHON:
+                return json.dumps({"python": version, "too_old": True}), seconds, runner.address
         tail = " | ".join(ln for ln in res.stderr.strip().splitlines()[-3:])
         raise RemoteError(f"the device probe failed on {runner.address} (exit {res.returncode}): {tail[-300:]}")
     return res.stdout, seconds, runner.address
@@ -205,17 +301,26 @@ def check_device(target: Target, *, trust_new_host: bool = False) -> DeviceRepor
         raise RemoteError(f"the device probe printed no JSON on {where}: {stdout.strip()[:200]}") from None
     problems: list[str] = []
     fixes: list[str] = []
-    version = tuple(int(p) for p in str(data.get("python", "0.0")).split(".")[:2] if p.isdigit())
-    if version < MIN_PYTHON:
-        problems.append(f"Python {data.get('python')} is too old; the profilers need >= "
-                        f"{'.'.join(map(str, MIN_PYTHON))}")
-        fixes.append("install a newer Python (e.g. sudo apt-get install python3.8) and set connection.python to it")
+    floor = ".".join(map(str, MIN_PYTHON))
+    if parse_version(str(data.get("python", ""))) < MIN_PYTHON:
+        problems.append(f"Python {data.get('python')} is too old; the profilers need >= {floor}")
+        fixes.append(f"set connection.python in the target to a Python {floor}+ on the device (python3 on JetPack "
+                     "4.6 is 3.6.9; elsewhere: sudo apt-get install python3)")
+    if data.get("too_old"):
+        return _replace(base, python_version=str(data.get("python", "")), problems=tuple(problems),
+                        fixes=tuple(fixes))
+    jetpack = jetpack_of(str(data.get("tegra", "")))
+    managed = bool(data.get("externally_managed"))
     if not data.get("runtime_version"):
         problems.append(f"runtime {target.runtime} is not importable ({data.get('runtime_error') or 'not installed'})")
-        fixes.append(install_command(target.runtime, python if conn.kind == "ssh" else sys.executable))
+        fixes.append(install_command(target.runtime, python if conn.kind == "ssh" else sys.executable,
+                                     jetpack=jetpack, externally_managed=managed, arch=str(data.get("arch", ""))))
     if not data.get("numpy"):
         problems.append(f"numpy is not importable ({data.get('numpy_error') or 'not installed'})")
-        fixes.append(f"{python} -m pip install numpy")
+        fixes.append(numpy_command(python, jetpack=jetpack, externally_managed=managed))
+    elif parse_version(str(data.get("numpy"))) < MIN_NUMPY:
+        problems.append(f"numpy {data.get('numpy')} is too old; the profilers need >= {'.'.join(map(str, MIN_NUMPY))}")
+        fixes.append(numpy_command(python, jetpack=jetpack, externally_managed=managed))
     if target.runtime == "tensorrt" and not data.get("cudart"):
         problems.append("the CUDA runtime library (libcudart) is not found")
         fixes.append("install the CUDA toolkit (on a Jetson: sudo apt-get install nvidia-jetpack) and make sure "
@@ -240,6 +345,10 @@ def check_device(target: Target, *, trust_new_host: bool = False) -> DeviceRepor
         runtime_version=str(data.get("runtime_version", "")),
         numpy_version=str(data.get("numpy") or ""),
         cpu=str(data.get("cpu", "")),
+        emulated=str(data.get("emulated") or ""),
+        os_release=str((data.get("os_release") or {}).get("name", "")),
+        externally_managed=managed,
+        cuda_runtime=str(data.get("cuda_runtime") or ""),
         board=str(data.get("board", "")),
         gpu=str(data.get("gpu", "")),
         tegra_release=str(data.get("tegra", "")),
@@ -266,21 +375,30 @@ def format_report(report: DeviceReport) -> str:
 
     runtime = (f"{report.runtime_module} {report.runtime_version}" if report.runtime_version
                else f"{report.runtime}: MISSING")
+    cpu, arch = report.cpu, report.arch
+    if report.emulated:  # same wording as the profilers' device string (benchcore.device_string)
+        cpu, arch = f"emulated {report.arch or 'code'} on {report.cpu} ({report.emulated})", ""
     rows = [
         ("target", f"{report.target} ({report.runtime}) via {report.connection}"),
         ("python", f"{report.python} {report.python_version}".strip()),
         ("runtime", runtime),
         ("numpy", report.numpy_version or "MISSING"),
-        ("cpu", " | ".join(p for p in (report.board, report.cpu, report.arch,
-                                       f"{report.cores} cores" if report.cores else "") if p)),
+        ("cpu", " | ".join(p for p in (report.board, cpu, arch, f"{report.cores} cores" if report.cores else "") if p)),
         ("gpu", report.gpu or report.tegra_release or "-"),
-        ("os", report.os or "-"),
+        ("os", " | ".join(p for p in (report.os_release, report.os) if p) or "-"),
         ("workdir", f"{report.workdir}: {size(report.free_disk_bytes)}" if report.workdir else "-"),
         ("probe", f"{report.connect_s:.2f} s"),
         ("status", "ready" if report.ok else f"NOT READY ({len(report.problems)} problem(s))"),
     ]
     if report.tegra_release and report.gpu:
         rows.insert(6, ("jetpack", report.tegra_release))
+    if report.runtime == "tensorrt":
+        rows.insert(6, ("cuda", f"runtime {report.cuda_runtime}" if report.cuda_runtime else "-"))
+    if report.externally_managed:
+        rows.insert(2, ("pip", "externally managed Python (PEP 668): install into a venv, see the fixes"))
+    if report.emulated:
+        rows.insert(5, ("emulated", f"{report.arch} code on an {report.emulated} host: timings are the emulator's, "
+                                    "not a device's"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     for problem, fix in zip(report.problems, report.fixes, strict=False):

@@ -1,6 +1,7 @@
 """Every error hwcompress raises on purpose.
 
-The CLI turns any :class:`HwcompressError` into one line on stderr and exit code 2.
+The CLI turns any :class:`HwcompressError` into one line on stderr and exit code 2
+(3 for :class:`BudgetError`: a result over its budget, or a budget out of reach).
 Messages say what was wrong and what to do, in one sentence each.
 """
 
@@ -67,3 +68,9 @@ class CacheError(HwcompressError):
 
 class ArtifactError(HwcompressError):
     """An artifact directory that is missing, incomplete or would be overwritten."""
+
+
+class BudgetError(HwcompressError):
+    """The result is over its latency / size / memory budget, or the budget is out of reach (exit 3)."""
+
+    exit_code = 3

@@ -122,6 +122,9 @@ def finetune(
     if teacher is not None:
         teacher.eval()
     last_loss = float("nan")
+    from hwcompress.progress import Ticker
+
+    ticker = Ticker("fine-tune: steps", (epochs - first_epoch) * steps_per_epoch)
     with torch_threads(threads), _progress(progress) as bar:
         task = bar.add_task("fine-tune", total=(epochs - first_epoch) * steps_per_epoch, loss=float("nan")) if bar else None
         for epoch in range(first_epoch, epochs):
@@ -146,8 +149,10 @@ def finetune(
                 seen += len(idx)
                 if bar is not None:
                     bar.update(task, advance=1, loss=running / seen, description=f"fine-tune {epoch + 1}/{epochs}")
+                ticker.step(text=f"epoch {epoch + 1}/{epochs}, loss {running / seen:.3f}")
             last_loss = running / max(seen, 1)
             log.info("fine-tune epoch %d/%d: loss %.4f", epoch + 1, epochs, last_loss)
+            ticker.mark(f"epoch {epoch + 1}/{epochs} done: loss {last_loss:.3f}")
             if checkpoint is not None:
                 buf = io.BytesIO()
                 torch.save(

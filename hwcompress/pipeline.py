@@ -186,9 +186,11 @@ def export_with_policy(
     cache_path: Path | None = None,
     seed: int = 0,
     command: str = "",
+    max_accuracy_drop: float = 10.0,
 ) -> Manifest:
     """``hwcompress export``: model + policy -> pruned (optionally fine-tuned) -> quantized artifact."""
-    from hwcompress.artifact import _check_destination, export_artifact
+    from hwcompress import preflight
+    from hwcompress.artifact import export_artifact
     from hwcompress.data import load_splits
     from hwcompress.errors import PolicyError, UsageError
     from hwcompress.profiling.cache import MeasurementCache
@@ -196,7 +198,11 @@ def export_with_policy(
     from hwcompress.targets import load_target
 
     tgt = load_target(target)
-    _check_destination(Path(out_dir), force)
+    preflight.artifact_destination(Path(out_dir), force)
+    if finetune_epochs < 0:
+        raise UsageError("--finetune-epochs must be >= 0")
+    if not 0 <= max_accuracy_drop <= 100:
+        raise UsageError("--max-accuracy-drop is in points, from 0 to 100")
     policy = CompressionPolicy()
     if policy_file is not None:
         if not Path(policy_file).is_file():
@@ -208,9 +214,11 @@ def export_with_policy(
             policy = CompressionPolicy.from_dict(raw)
         except (json.JSONDecodeError, RecordError) as exc:
             raise PolicyError(f"policy file {policy_file}: {exc}") from None
-    if finetune_epochs < 0:
-        raise UsageError("--finetune-epochs must be >= 0")
+    preflight.target_ready(tgt)
     splits = load_splits(data, seed=seed)
+    # The accuracy the export must keep (within max_accuracy_drop): the float model's, or the pruned file's own.
+    reference: tuple[float, str] | None = None
+    prune_here = bool(policy.keep)
     if model.endswith(".onnx"):
         if policy.keep:
             raise PolicyError("an .onnx model cannot be pruned here; give the PyTorch model, or a policy without keep ratios")
@@ -221,26 +229,47 @@ def export_with_policy(
     elif model.endswith(".pt") and Path(model).is_file() and ":" not in model:
         from hwcompress.prune import load_pruned
 
-        net = load_pruned(model)
+        net, meta = load_pruned(model, with_meta=True)
         teacher = None
+        prune_here = False  # the file is pruned already; a stage2.json's keep ratios describe it
+        if isinstance(meta.get("test_accuracy"), float):
+            reference = (meta["test_accuracy"], f"{Path(model).name} as the search saved it")
     else:
         from hwcompress.zoo.train import ensure_baseline
 
-        teacher = ensure_baseline(model, splits, checkpoint=checkpoint).model
-        net = teacher
-    if policy.keep:
+        base = ensure_baseline(model, splits, checkpoint=checkpoint)
+        preflight.labels_fit_model(splits, base.model, model)
+        teacher = net = base.model
+        reference = (base.test_accuracy, "the unpruned model")
+    if prune_here:
+        from hwcompress.evaluate import torch_threads
         from hwcompress.prune import apply_policy
+        from hwcompress.search.evaluator import recalibrate_bn
 
         net = apply_policy(net, policy, (1, *splits.input_shape), channel_multiple=tgt.channel_multiple)
+        with torch_threads(1):  # the adaptive-BN step every search candidate gets
+            recalibrate_bn(net, splits.train.x, 8)
         if finetune_epochs > 0:
             from hwcompress.finetune import finetune
 
             finetune(net, teacher, splits, epochs=finetune_epochs, seed=seed, test=False)
-        else:
-            log.warning("pruned layers are not fine-tuned (--finetune-epochs 0): expect lower accuracy")
     if not isinstance(net, str):
         net.eval()
+
+    def accept(manifest: Manifest, _device_file: Path) -> Manifest:
+        ref_acc, ref_name = reference or (manifest.baseline.accuracy, f"its fp32 copy ({manifest.baseline.file})")
+        drop = (ref_acc - manifest.result.accuracy) * 100
+        if drop > max_accuracy_drop:
+            hint = ("pruned layers need recovery: pass --finetune-epochs 1 or more, or export the search's finetuned.pt"
+                    if prune_here and finetune_epochs == 0 else "check the policy's precisions and the calibration data")
+            raise ModelError(
+                f"the exported model's test accuracy is {manifest.result.accuracy * 100:.2f}%, {drop:.1f} pt below "
+                f"{ref_name} ({ref_acc * 100:.2f}%; at most {max_accuracy_drop:g} pt allowed, --max-accuracy-drop); "
+                f"{hint}; nothing written"
+            )
+        return manifest
+
     return export_artifact(
         net, policy, tgt, out_dir, calib=splits.calib, test=splits.test, source_model=model, force=force,
-        command=command, seed=seed, cache=MeasurementCache(cache_path), test_limit=test_limit,
+        command=command, seed=seed, cache=MeasurementCache(cache_path), test_limit=test_limit, accept=accept,
     )

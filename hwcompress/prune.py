@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn", "taylor")
 SAVE_FORMAT = "hwcompress-pruned-model"
-SAVE_VERSION = 1
+SAVE_VERSION = 2  # 2: state_dict + how to rebuild the architecture; 1: the whole module pickled
+SAVE_VERSIONS = (1, 2)
 
 
 
@@ -412,7 +413,7 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], *, strict: boo
     traced = _trace(copy.deepcopy(model), shape)
     bad = unsupported_groups(model, shape)
     if bad and strict:
-        raise UnsupportedLayerError(next(iter(bad.values())) + "; replace that layer with standard modules or prune with strict=False")
+        raise UnsupportedLayerError(next(iter(bad.values())) + "; replace that layer with standard modules (Conv2d, BatchNorm2d, Linear, ...), or keep it out of pruning by running only the precision stage (--stages quant)")
     kept = [e.info for e in traced.entries if e.info.name not in bad]
     return [PruneGroup(**{**g.__dict__, "index": i}) for i, g in enumerate(kept)]
 
@@ -527,11 +528,13 @@ def apply_policy(
     channel_multiple: int = 1,
     importance: str = "l1",
     example_batches: Iterable[Any] | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> nn.Module:
     """A pruned copy of ``model`` (the original is untouched).
 
     ``policy.keep`` maps group names (see :func:`prunable_groups`) to keep ratios; unnamed
-    groups keep every channel.  Keep counts follow :func:`keep_count` with ``channel_multiple``.
+    groups keep every channel.  Keep counts follow :func:`keep_count` with ``channel_multiple``;
+    ``counts`` (group name -> channels to keep) gives them directly instead.
     Channels with the lowest group importance go: ``l1``/``l2`` weight magnitude over the
     whole group, ``bn`` batch-norm scale, ``taylor`` first-order Taylor (needs
     ``example_batches``: a few batches of x or (x, y), numpy or torch).
@@ -546,7 +549,7 @@ def apply_policy(
     pruned = copy.deepcopy(model)
     traced = _trace(pruned, shape)
     by_name = {e.info.name: e for e in traced.entries}
-    unknown = sorted(set(policy.keep) - set(by_name))
+    unknown = sorted((set(policy.keep) | set(counts or {})) - set(by_name))
     if unknown:
         known = ", ".join(by_name) or "none"
         extra = ""
@@ -561,8 +564,12 @@ def apply_policy(
         raise PolicyError(f"policy names unknown prune group(s) {', '.join(unknown)}{extra}; groups are: {known}")
     plan: list[tuple[_Entry, int]] = []
     for entry in traced.entries:
-        ratio = policy.keep.get(entry.info.name, 1.0)
-        k = keep_count(entry.info.channels, ratio, channel_multiple)
+        if counts is not None and entry.info.name in counts:
+            k = int(counts[entry.info.name])
+            if not 1 <= k <= entry.info.channels:
+                raise PolicyError(f"group {entry.info.name} has {entry.info.channels} channels; cannot keep {k}")
+        else:
+            k = keep_count(entry.info.channels, policy.keep.get(entry.info.name, 1.0), channel_multiple)
         if k < entry.info.channels:
             plan.append((entry, k))
     if plan:
@@ -680,10 +687,21 @@ def group_channels(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
 
 
 # --------------------------------------------------------------------------- save / load
-def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model`` (whole module, pickled by ``torch.save``) atomically to ``path``.
+def save_pruned(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a pruned ``model`` atomically to ``path``.
 
-    ``meta``: JSON-like extras stored beside it (input shape, policy digest, ...).
+    With ``source`` — ``{"spec": model spec, "in_channels": C, "num_classes": K, "input_shape":
+    [N, C, H, W]}`` — the file holds the weights (a state_dict) and each group's channel count:
+    :func:`load_pruned` rebuilds the architecture from the spec in any process, no pickled
+    classes needed (a ``file.py:factory`` spec is stored with the file's absolute path).  Without
+    it the whole module is pickled (format 1), readable only where its classes can be imported.
+    ``meta``: JSON-like extras stored beside it (policy, accuracy, ...).
     """
     import io
 
@@ -691,8 +709,19 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, meta: Mapping
 
     from hwcompress.fsutil import atomic_write_bytes
 
+    payload: dict[str, Any] = {"format": SAVE_FORMAT, "meta": dict(meta or {})}
+    if source is not None:
+        from hwcompress.zoo.user import portable_spec
+
+        shape = tuple(int(d) for d in source["input_shape"])
+        payload.update(version=2, state_dict=model.state_dict(), build={
+            "spec": portable_spec(str(source["spec"])), "in_channels": int(source["in_channels"]),
+            "num_classes": int(source["num_classes"]), "input_shape": list(shape),
+            "channels": group_channels(model, shape),
+        })
+    else:
+        payload.update(version=1, model=model)
     buf = io.BytesIO()
-    payload = {"format": SAVE_FORMAT, "version": SAVE_VERSION, "meta": dict(meta or {}), "model": model}
     try:
         torch.save(payload, buf)
     except Exception as exc:
@@ -705,9 +734,9 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, meta: Mapping
 def load_pruned(path: str | os.PathLike[str], *, with_meta: bool = False) -> Any:
     """Load a model written by :func:`save_pruned` (in eval mode); with ``with_meta`` also its meta dict.
 
-    Trust: this unpickles the file (``weights_only=False``), which can execute code; load
-    only files written by hwcompress on a machine you trust.  The model's classes must be
-    importable.
+    Format 2 is read with ``weights_only=True`` and rebuilt from its spec (the factory's module or
+    file must still be there).  Format 1 unpickles the file (``weights_only=False``), which can
+    execute code: load only files written by hwcompress on a machine you trust.
     """
     import torch
 
@@ -717,13 +746,42 @@ def load_pruned(path: str | os.PathLike[str], *, with_meta: bool = False) -> Any
 
         raise FileMissingError(f"pruned model file {p} does not exist")
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelError(f"{p} is not a readable pruned-model file: {exc}") from exc
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        try:
+            payload = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{p} is not a readable pruned-model file ({first})") from exc
     if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT:
         raise ModelError(f"{p} was not written by hwcompress.prune.save_pruned")
-    if payload.get("version") != SAVE_VERSION:
-        raise ModelError(f"{p} has pruned-model format version {payload.get('version')}; this hwcompress reads {SAVE_VERSION}")
-    model = payload["model"]
+    version = payload.get("version")
+    if version not in SAVE_VERSIONS:
+        raise ModelError(f"{p} has pruned-model format version {version}; this hwcompress reads "
+                         f"{', '.join(map(str, SAVE_VERSIONS))}")
+    model = payload["model"] if version == 1 else _rebuild(p, payload["build"], payload["state_dict"])
     model.eval()
     return (model, payload.get("meta", {})) if with_meta else model
+
+
+def _rebuild(path: Path, build: Mapping[str, Any], state: Mapping[str, Any]) -> nn.Module:
+    """The architecture ``build`` describes (spec, then each group pruned to its count), with ``state`` loaded."""
+    from hwcompress.zoo import build_model, is_zoo_name
+    from hwcompress.zoo.user import build_user_model
+
+    spec = str(build["spec"])
+    c, k = int(build["in_channels"]), int(build["num_classes"])
+    try:
+        net = (build_model(spec, in_channels=c, num_classes=k) if is_zoo_name(spec)
+               else build_user_model(spec, in_channels=c, num_classes=k))
+    except ModelError as exc:
+        raise ModelError(f"{path}: its model {spec} cannot be rebuilt ({exc}); the factory's file or module must "
+                         "be where it was when the search ran") from None
+    pruned = apply_policy(net, CompressionPolicy(), tuple(build["input_shape"]), counts=dict(build["channels"]))
+    try:
+        pruned.load_state_dict(dict(state), strict=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: the weights do not fit {spec} pruned as recorded ({first}); "
+                         "the factory has changed since the search") from None
+    return pruned

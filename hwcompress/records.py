@@ -336,3 +336,6 @@ class Manifest(Record):
     output_tolerances: dict[str, float] = field(default_factory=dict)  # per model file; else output_tolerance
     layers: tuple[LayerRecord, ...] = ()
     variants: dict[str, ModelFigures] = field(default_factory=dict)  # other measured policies, by label
+    # A search's budgets and the final verdict on them (empty / None for `export`, which has no budget)
+    budget: dict[str, Any] = field(default_factory=dict)
+    budget_met: bool | None = None

@@ -1,16 +1,20 @@
 """Shared device-side helpers of the profiler scripts: the one timing loop, statistics,
 peak memory, device description, argument parsing and the single JSON result.
 
-Standard library + numpy only (numpy imported lazily), Python >= 3.8, so that a profiler script
-can be copied with this file into any folder of a device and run as ``python3 <x>_bench.py ...``.
+Standard library + numpy only (numpy imported lazily), so that a profiler script can be copied
+with this file into any folder of a device and run as ``python3 <x>_bench.py ...``.  Supported:
+Python 3.6 to 3.13 and numpy 1.13 to 2.x (JetPack 4.6 ships Python 3.6.9 and numpy 1.13.3), so
+no ``from __future__ import annotations``, builtin generics, ``X | Y`` or walrus here; the
+default test suite checks it with ``vermin -t=3.6-`` and a real run under Python 3.6.
 
 Result contract of every profiler script: exactly one JSON object on stdout.  Success:
 ``{"ok": true, ...}``, exit 0.  Failure: ``{"ok": false, "error": "<one line>", "kind": K}`` with
 exit code ``EXIT_CODES[K]``: 2 usage (bad arguments), 3 model (the model cannot be loaded, fed or
 run), 4 environment (runtime missing, provider unavailable), 5 internal (a bug in the script).
+Batch mode (``--batch M1 M2 ...``, scripts that support it): one JSON line per model, each with
+its ``"model"`` and its own ``ok``, then one summary line ``{"ok": true, "batch": {...}}``, exit 0
+(a failure before the first model, e.g. a missing runtime, is one failure object as above).
 """
-
-from __future__ import annotations
 
 import hashlib
 import json
@@ -19,11 +23,13 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
+
+if TYPE_CHECKING:  # typing.NoReturn needs Python 3.6.2: used only in string annotations
+    from typing import NoReturn
 
 CORE_VERSION = "1.0"
-EXIT_CODES: dict[str, int] = {"usage": 2, "model": 3, "environment": 4, "internal": 5}
+EXIT_CODES: Dict[str, int] = {"usage": 2, "model": 3, "environment": 4, "internal": 5}
 
 _PAGE_KB = 1024
 
@@ -46,7 +52,7 @@ def time_runs(
     max_runs: int,
     max_seconds: float,
     clock: Callable[[], float] = time.perf_counter,
-) -> list[float]:
+) -> List[float]:
     """Call ``fn`` ``warmup`` times untimed, then time single calls (seconds each).
 
     Timed runs continue until BOTH ``min_runs`` runs and ``min_seconds`` of timed runs are done,
@@ -67,7 +73,7 @@ def time_runs(
     try:
         for _ in range(warmup):
             fn()
-        samples: list[float] = []
+        samples: List[float] = []
         start = clock()
         while True:
             t0 = clock()
@@ -86,7 +92,7 @@ def time_runs(
             gc.enable()
 
 
-def latency_stats(samples_s: Sequence[float]) -> dict[str, float | int]:
+def latency_stats(samples_s: Sequence[float]) -> Dict[str, Union[float, int]]:
     """Statistics of per-run times given in seconds, reported in ms.
 
     Keys: median_ms, p10_ms, p90_ms (linear interpolation, as ``numpy.percentile``), mean_ms,
@@ -116,8 +122,38 @@ def latency_stats(samples_s: Sequence[float]) -> dict[str, float | int]:
     }
 
 
+# --------------------------------------------------------------------------- random inputs
+class _LegacyRng:
+    """The two ``numpy.random.Generator`` methods the profilers use, on ``RandomState``
+    (numpy < 1.17 has no ``default_rng``)."""
+
+    def __init__(self, seed: int) -> None:
+        import numpy as np
+
+        self._np = np
+        self._state = np.random.RandomState(seed)
+
+    def standard_normal(self, size: Any) -> Any:
+        return self._np.asarray(self._state.standard_normal(size))
+
+    def integers(self, low: int, high: int, size: Any = None) -> Any:
+        """Integers in ``[low, high)``, like ``Generator.integers``."""
+        return self._np.asarray(self._state.randint(low, high, size=size))
+
+
+def make_rng(seed: int) -> Any:
+    """Seeded source of random inputs: ``numpy.random.default_rng(seed)`` where numpy has it
+    (>= 1.17, unchanged values there), else a ``RandomState`` with the same two methods
+    (``standard_normal(size)``, ``integers(low, high, size)``)."""
+    import numpy as np
+
+    if hasattr(np.random, "default_rng"):
+        return np.random.default_rng(seed)
+    return _LegacyRng(seed)
+
+
 # --------------------------------------------------------------------------- memory
-def _status_kb(field: str) -> int | None:
+def _status_kb(field: str) -> Optional[int]:
     """A ``kB`` field of /proc/self/status (VmRSS, VmHWM) in bytes, or None off Linux."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -129,12 +165,12 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def rss_bytes() -> int | None:
+def rss_bytes() -> Optional[int]:
     """Current resident set size (bytes), or None where /proc is unavailable."""
     return _status_kb("VmRSS")
 
 
-def hwm_bytes() -> int | None:
+def hwm_bytes() -> Optional[int]:
     """Peak resident set size since start or the last reset (bytes), or None."""
     return _status_kb("VmHWM")
 
@@ -160,10 +196,10 @@ class PeakMemory:
     """
 
     def __init__(self) -> None:
-        self.baseline: int | None = None
+        self.baseline: Optional[int] = None
         self.reset_ok = False
-        self.hwm_start: int | None = None
-        self.samples: list[int] = []
+        self.hwm_start: Optional[int] = None
+        self.samples: List[int] = []
 
     def start(self) -> None:
         self.baseline = rss_bytes()
@@ -176,7 +212,7 @@ class PeakMemory:
         if rss is not None:
             self.samples.append(rss)
 
-    def stop(self) -> dict[str, Any]:
+    def stop(self) -> Dict[str, Any]:
         """``{"peak_memory_bytes": int, "memory": {method, baseline_rss_bytes, peak_rss_bytes, note}}``."""
         self.sample()
         hwm = hwm_bytes()
@@ -220,14 +256,56 @@ _FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "f
              "neon", "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve")
 
 
-def device_info() -> dict[str, Any]:
-    """CPU model (from /proc/cpuinfo), board model, logical/usable cores, arch, OS, and the
-    CPU features that decide kernel choice (AVX2, VNNI, NEON dot product, ...)."""
+def emulated_on(machine: str, kernel_arch: str, cpuinfo: str) -> str:
+    """The host's architecture when this process's instruction set is emulated (qemu-user), else "".
+
+    ``machine``: the process's own view (``platform.machine()``; qemu-user reports the guest's).
+    ``kernel_arch``: the running kernel's (``/proc/sys/kernel/arch``, which qemu-user does not
+    translate; "" where the kernel lacks it).  ``cpuinfo``: the text of ``/proc/cpuinfo`` (qemu
+    before 8.1 shows the host's).  Emulated when the kernel's architecture is of another family
+    than the process's (x86 vs ARM, ...); without ``kernel_arch``, when an ARM process reads an x86
+    cpuinfo (``vendor_id``, no ``CPU implementer``) or an x86 process an ARM one.  A 32-bit user
+    space on a 64-bit kernel of the same family (armv7l on aarch64, i686 on x86_64) is native.
+    Self-contained (``hwcompress targets check`` sends this function's source to the device).
+    """
+    def family(arch: str) -> str:
+        a = arch.strip().lower()
+        if a in ("x86_64", "amd64", "x64", "i386", "i486", "i586", "i686", "x86"):
+            return "x86"
+        if a.startswith("aarch64") or a.startswith("arm"):
+            return "arm"
+        if a.startswith("riscv"):
+            return "riscv"
+        if a.startswith("ppc") or a.startswith("powerpc"):
+            return "ppc"
+        return a
+
+    own = family(machine)
+    if not own:
+        return ""
+    if kernel_arch.strip():
+        return kernel_arch.strip() if family(kernel_arch) != own else ""
+    keys = set(line.partition(":")[0].strip().lower() for line in cpuinfo.splitlines())
+    x86, arm = "vendor_id" in keys, "cpu implementer" in keys
+    if own == "arm" and x86 and not arm:
+        return "x86"
+    if own == "x86" and arm and not x86:
+        return "arm"
+    return ""
+
+
+def device_info() -> Dict[str, Any]:
+    """CPU model (from /proc/cpuinfo), board model, logical/usable cores, arch, OS, the CPU
+    features that decide kernel choice (AVX2, VNNI, NEON dot product, ...) and ``emulated``: the
+    host's architecture when this process runs under an emulator (:func:`emulated_on`), else "".
+    Under emulation ``cpu`` is what /proc/cpuinfo names (qemu < 8.1: the host's CPU) and
+    ``features`` is empty (the host's flags are not the emulated instruction set's)."""
     import platform
 
     cpu = ""
-    fields: dict[str, str] = {}
-    for line in _read("/proc/cpuinfo").splitlines():
+    cpuinfo = _read("/proc/cpuinfo")
+    fields: Dict[str, str] = {}
+    for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
         if sep and value.strip():
             fields.setdefault(key.strip().lower(), value.strip())
@@ -238,6 +316,7 @@ def device_info() -> dict[str, Any]:
             break
     cpu = cpu or platform.processor() or platform.machine()
     flags = set((fields.get("flags") or fields.get("features") or "").split())
+    emulated = emulated_on(platform.machine(), _read("/proc/sys/kernel/arch"), cpuinfo)
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -250,13 +329,18 @@ def device_info() -> dict[str, Any]:
         "arch": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "features": [f for f in _FEATURES if f in flags],
+        "features": [] if emulated else [f for f in _FEATURES if f in flags],
+        "emulated": emulated,
     }
 
 
-def device_string(info: dict[str, Any]) -> str:
-    """One-line description, e.g. ``"AMD EPYC 7B13 | x86_64 | 2 cores | Linux 6.1.0"``."""
-    parts = [info.get("board") or "", info.get("cpu") or "", info.get("arch") or "",
+def device_string(info: Dict[str, Any]) -> str:
+    """One-line description, e.g. ``"AMD EPYC 7B13 | x86_64 | 2 cores | Linux 6.1.0"``; under
+    emulation ``"emulated aarch64 on AMD EPYC 7B13 (x86_64) | 2 cores | Linux 6.1.0"``."""
+    cpu, arch = info.get("cpu") or "", info.get("arch") or ""
+    if info.get("emulated"):
+        cpu, arch = f"emulated {arch or 'code'} on {cpu} ({info['emulated']})", ""
+    parts = [info.get("board") or "", cpu, arch,
              f"{info.get('usable_cores', 0)} cores", ",".join(info.get("features") or []),
              info.get("os") or ""]
     return " | ".join(p for p in parts if p)
@@ -280,8 +364,10 @@ def profiler_version(script_path: str) -> str:
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
+        block = fh.read(chunk)
+        while block:
             h.update(block)
+            block = fh.read(chunk)
     return h.hexdigest()
 
 
@@ -289,7 +375,7 @@ def utc_now() -> str:
     """UTC ISO-8601 timestamp with seconds, e.g. ``2025-01-31T12:00:00+00:00``."""
     from datetime import datetime, timezone
 
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017 (Python 3.8 devices)
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # not datetime.UTC: Python 3.6 devices
 
 
 # --------------------------------------------------------------------------- arguments
@@ -301,7 +387,7 @@ def base_parser(prog: str, description: str) -> Any:
     import argparse
 
     class _JsonParser(argparse.ArgumentParser):
-        def error(self, message: str) -> NoReturn:
+        def error(self, message: str) -> "NoReturn":
             fail(f"{prog}: {message}", "usage")
 
     p = _JsonParser(prog=prog, description=description)
@@ -316,13 +402,18 @@ def base_parser(prog: str, description: str) -> Any:
     p.add_argument("--max-seconds", type=float, default=5.0, help="seconds of timed runs at most")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.add_argument("--per-node", action="store_true", help="also report per-node mean time (us)")
+    p.add_argument("--batch", nargs="+", default=None, metavar="MODEL",
+                   help="batch mode: profile each MODEL in this one process; one JSON line per model "
+                        "(with its \"model\"), then one summary line")
     return p
 
 
 def check_args(args: Any) -> None:
     """Range checks of the shared arguments; a bad value is a "usage" failure."""
-    if not args.model and not args.probe:
-        fail("--model is required (or --probe)", "usage")
+    if not args.model and not args.probe and not getattr(args, "batch", None):
+        fail("--model is required (or --batch, or --probe)", "usage")
+    if getattr(args, "batch", None) and args.model:
+        fail("give either --model or --batch, not both", "usage")
     if args.threads < 1:
         fail(f"--threads must be >= 1, got {args.threads}", "usage")
     if args.warmup < 0:
@@ -333,7 +424,7 @@ def check_args(args: Any) -> None:
         fail(f"need --min-seconds >= 0 and --max-seconds > 0, got {args.min_seconds}, {args.max_seconds}", "usage")
 
 
-def settings_echo(args: Any) -> dict[str, Any]:
+def settings_echo(args: Any) -> Dict[str, Any]:
     """The shared settings as they were applied (echoed in the result)."""
     return {
         "warmup_runs": args.warmup,
@@ -347,7 +438,7 @@ def settings_echo(args: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- result
-_result_fd: int | None = None
+_result_fd: Optional[int] = None
 _emitted = False
 
 
@@ -371,7 +462,7 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def emit(obj: dict[str, Any]) -> None:
+def emit(obj: Dict[str, Any]) -> None:
     """Write ``obj`` as one line of JSON on stdout (non-finite floats become null); once only."""
     global _emitted
     if _emitted:
@@ -388,6 +479,50 @@ def emit(obj: dict[str, Any]) -> None:
         view = view[written:]
 
 
+def emit_line(obj: Dict[str, Any]) -> None:
+    """Write one JSON line of a batch (see :func:`run_batch`); the summary goes through :func:`emit`."""
+    if _emitted:
+        raise RuntimeError("emit_line() after emit(): the summary line is the last one")
+    data = (json.dumps(_finite(obj), allow_nan=False, sort_keys=True) + "\n").encode("utf-8")
+    if _result_fd is None:
+        sys.stdout.write(data.decode("utf-8"))
+        sys.stdout.flush()
+        return
+    view = memoryview(data)
+    while view:
+        written = os.write(_result_fd, view)
+        view = view[written:]
+
+
+def run_batch(args: Any, profile_one: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    """Batch mode: for each path of ``args.batch`` set ``args.model`` and call ``profile_one``;
+    write its result as one JSON line (``{"ok": true, "model": path, ...}``, or ``{"ok": false,
+    "model": path, "error": ..., "kind": ...}`` when that model fails: the others still run).
+
+    Returns the summary (``{"batch": {"models": n, "failed": k}}``) that :func:`run_main` prints
+    as the last line, so the host can tell a complete batch from one cut short.
+    """
+    import gc
+
+    failed = 0
+    for path in args.batch:
+        args.model = path
+        try:
+            line = profile_one()
+            line = dict(line, ok=True, model=path)
+        except BenchFailure as exc:
+            failed += 1
+            line = {"ok": False, "model": path, "error": one_line(str(exc)) or exc.kind, "kind": exc.kind}
+        except MemoryError:
+            failed += 1
+            line = {"ok": False, "model": path, "error": "out of memory while profiling the model",
+                    "kind": "environment"}
+        emit_line(line)
+        gc.collect()
+    args.model = ""
+    return {"batch": {"models": len(args.batch), "failed": failed}}
+
+
 def one_line(text: str, limit: int = 500) -> str:
     """First non-empty line of ``text``, at most ``limit`` characters."""
     for line in str(text).splitlines():
@@ -397,7 +532,7 @@ def one_line(text: str, limit: int = 500) -> str:
     return ""
 
 
-def fail(message: str, kind: str = "model") -> NoReturn:
+def fail(message: str, kind: str = "model") -> "NoReturn":
     """Emit ``{"ok": false, "error": message, "kind": kind}`` and exit with ``EXIT_CODES[kind]``."""
     kind = kind if kind in EXIT_CODES else "internal"
     emit({"ok": False, "error": one_line(message) or kind, "kind": kind})
@@ -406,7 +541,7 @@ def fail(message: str, kind: str = "model") -> NoReturn:
     os._exit(EXIT_CODES[kind])  # no atexit handlers of the runtime: the result is out
 
 
-def run_main(main: Callable[[], dict[str, Any]]) -> NoReturn:
+def run_main(main: Callable[[], Dict[str, Any]]) -> "NoReturn":
     """Run ``main`` with stdout guarded; emit its result (``ok`` added) or the failure; exit."""
     guard_stdout()
     try:

@@ -1,17 +1,16 @@
 #!/usr/bin/env python3
 """Profile one ONNX model with ONNX Runtime; print one JSON object (see benchcore.py).
 
-Standalone: needs numpy, onnxruntime and ``benchcore.py`` in the same folder (Python >= 3.8).
+Standalone: needs numpy, onnxruntime and ``benchcore.py`` in the same folder (Python 3.6+, numpy 1.13+).
 
     python3 ort_bench.py --model model.onnx --threads 1 --warmup 10 --min-runs 50 --min-seconds 0.25
 
 Inputs are random (seeded) from the model's declared inputs: float/float16/double/int/bool
 tensors; a symbolic batch axis (0) becomes 1; any other symbolic or unknown axis is refused.
 With ``--per-node`` a second, profiled session gives each node's mean time per run (us),
-so the main latency is never measured with profiling overhead.
+so the main latency is never measured with profiling overhead.  ``--batch M1 M2 ...`` profiles
+many models in this one process (one JSON line each, then a summary line; see benchcore.py).
 """
-
-from __future__ import annotations
 
 import time
 
@@ -20,9 +19,9 @@ _T_START = time.perf_counter()
 import importlib.util  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Dict, List, Optional, Tuple  # noqa: E402
 
-SCRIPT_VERSION = "1.0"
+SCRIPT_VERSION = "1.1"
 GRAPH_OPT = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
              "disable": "ORT_DISABLE_ALL"}
 DTYPES = {
@@ -43,9 +42,15 @@ def _load_benchcore() -> Any:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    except (ImportError, OSError) as exc:
-        sys.stdout.write('{"ok": false, "kind": "environment", "error": "cannot import benchcore.py next to '
-                         + os.path.basename(__file__) + ": " + type(exc).__name__ + '"}\n')
+    except Exception as exc:  # missing, unreadable or broken: still one JSON object, exit 4
+        import json
+        import platform
+
+        sys.stdout.write(json.dumps({
+            "ok": False, "kind": "environment",
+            "error": "cannot import benchcore.py next to {} (Python {}): {}: {}".format(
+                os.path.basename(__file__), platform.python_version(), type(exc).__name__,
+                (str(exc).strip().splitlines() or [""])[0][:300])}) + "\n")
         sys.stdout.flush()
         os._exit(4)
 
@@ -53,7 +58,7 @@ def _load_benchcore() -> Any:
 bc = _load_benchcore()
 
 
-def parse_args(argv: list[str] | None = None) -> Any:
+def parse_args(argv: Optional[List[str]] = None) -> Any:
     p = bc.base_parser("ort_bench.py", "Profile an ONNX model with ONNX Runtime.")
     p.add_argument("--graph-optimization", choices=sorted(GRAPH_OPT), default="all")
     p.add_argument("--provider", default="CPUExecutionProvider", help="ONNX Runtime execution provider")
@@ -62,20 +67,18 @@ def parse_args(argv: list[str] | None = None) -> Any:
     return args
 
 
-def make_feeds(inputs: list[Any], seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def make_feeds(inputs: List[Any], seed: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     """Random arrays for the session's inputs and their description; BenchFailure if one cannot be fed."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, Any] = {}
-    described: list[dict[str, Any]] = []
+    rng = bc.make_rng(seed)
+    feeds: Dict[str, Any] = {}
+    described: List[Dict[str, Any]] = []
     for inp in inputs:
         dtype = DTYPES.get(inp.type)
         if dtype is None:
             raise bc.BenchFailure(
                 f"cannot feed input {inp.name!r}: type {inp.type} is not supported "
                 f"(supported: float, float16, double, int, uint, bool tensors)", "model")
-        shape: list[int] = []
+        shape: List[int] = []
         for axis, dim in enumerate(inp.shape):
             if isinstance(dim, int) and dim >= 0:
                 shape.append(dim)
@@ -97,7 +100,7 @@ def make_feeds(inputs: list[Any], seed: int) -> tuple[dict[str, Any], list[dict[
     return feeds, described
 
 
-def _session_options(ort: Any, args: Any, profile_prefix: str | None = None) -> Any:
+def _session_options(ort: Any, args: Any, profile_prefix: Optional[str] = None) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
@@ -110,7 +113,7 @@ def _session_options(ort: Any, args: Any, profile_prefix: str | None = None) -> 
     return so
 
 
-def _create_session(ort: Any, args: Any, profile_prefix: str | None = None) -> Any:
+def _create_session(ort: Any, args: Any, profile_prefix: Optional[str] = None) -> Any:
     try:
         return ort.InferenceSession(args.model, sess_options=_session_options(ort, args, profile_prefix),
                                     providers=[args.provider])
@@ -118,7 +121,7 @@ def _create_session(ort: Any, args: Any, profile_prefix: str | None = None) -> A
         raise bc.BenchFailure(f"cannot load model: {bc.one_line(str(exc)) or type(exc).__name__}", "model") from None
 
 
-def _run_fn(sess: Any, feeds: dict[str, Any]) -> Any:
+def _run_fn(sess: Any, feeds: Dict[str, Any]) -> Any:
     run = sess.run
 
     def fn() -> Any:
@@ -131,7 +134,7 @@ def _run_fn(sess: Any, feeds: dict[str, Any]) -> Any:
     return fn
 
 
-def per_node_profile(ort: Any, args: Any, feeds: dict[str, Any]) -> dict[str, Any]:
+def per_node_profile(ort: Any, args: Any, feeds: Dict[str, Any]) -> Dict[str, Any]:
     """Mean time per run of each node (us), from ORT's profiler, warm-up runs excluded."""
     import json
     import tempfile
@@ -151,7 +154,7 @@ def per_node_profile(ort: Any, args: Any, feeds: dict[str, Any]) -> dict[str, An
     if skip < 0 or not runs:
         raise bc.BenchFailure("ONNX Runtime profile has fewer model_run events than runs", "environment")
     first_ts = run_starts[skip]
-    nodes: dict[str, dict[str, Any]] = {}
+    nodes: Dict[str, Dict[str, Any]] = {}
     for e in events:
         name = e.get("name", "")
         if e.get("cat") != "Node" or not name.endswith("_kernel_time") or e.get("ts", 0) < first_ts:
@@ -170,25 +173,32 @@ def per_node_profile(ort: Any, args: Any, feeds: dict[str, Any]) -> dict[str, An
     return {"runs": n_runs, "nodes": out, "total_us": sum(d["mean_us"] for d in out)}
 
 
-def main() -> dict[str, Any]:
-    args = parse_args()
-    phases: dict[str, float] = {}
+def import_runtime(args: Any, phases: Dict[str, float]) -> Any:
+    """numpy and onnxruntime imported, the provider checked; returns the ``onnxruntime`` module."""
     t = time.perf_counter()
     try:
-        import numpy as np  # noqa: F401
-        import onnxruntime as ort
+        import numpy as np
     except ImportError as exc:
-        raise bc.BenchFailure(f"cannot import onnxruntime/numpy: {exc}", "environment") from None
+        raise bc.BenchFailure(f"cannot import numpy: {exc}; on the device run: python3 -m pip install numpy",
+                              "environment") from None
+    try:
+        import onnxruntime as ort
+    except Exception as exc:  # ImportError, or what an onnxruntime built for another numpy raises
+        raise bc.BenchFailure(
+            f"cannot import onnxruntime ({type(exc).__name__}: {bc.one_line(str(exc))}) with numpy {np.__version__}; "
+            "on the device run: python3 -m pip install onnxruntime (an onnxruntime wheel needs the numpy it was "
+            "built for: 1.10 on Python 3.6 needs numpy >= 1.16.6)", "environment") from None
     phases["import_ms"] = (time.perf_counter() - t) * 1e3
     if args.provider not in ort.get_available_providers():
         raise bc.BenchFailure(
             f"execution provider {args.provider} is not available in onnxruntime {ort.__version__} "
             f"(available: {', '.join(ort.get_available_providers())})", "environment")
-    if args.probe:
-        info = bc.device_info()
-        return {"runtime": "onnxruntime", "runtime_version": ort.__version__, "device": bc.device_string(info),
-                "device_info": info, "providers": ort.get_available_providers(),
-                "profiler_version": bc.profiler_version(os.path.abspath(__file__)), "timestamp": bc.utc_now()}
+    return ort
+
+
+def profile_model(ort: Any, args: Any) -> Dict[str, Any]:
+    """The result of one model (``args.model``) without ``ok``; BenchFailure when it cannot be profiled."""
+    phases: Dict[str, float] = {}
     if not os.path.isfile(args.model):
         raise bc.BenchFailure(f"cannot load model: file {args.model} does not exist", "model")
     model_bytes = os.path.getsize(args.model)
@@ -211,7 +221,7 @@ def main() -> dict[str, Any]:
     del sess
 
     info = bc.device_info()
-    result: dict[str, Any] = {
+    result: Dict[str, Any] = {
         "latency": bc.latency_stats(samples),
         **mem,
         "load_ms": load_ms,
@@ -234,8 +244,26 @@ def main() -> dict[str, Any]:
         result["per_node"] = per_node_profile(ort, args, feeds)
         phases["per_node_ms"] = (time.perf_counter() - t) * 1e3
     phases["load_ms"] = load_ms
-    phases["script_ms"] = (time.perf_counter() - _T_START) * 1e3
     result["phases"] = phases
+    return result
+
+
+def main() -> Dict[str, Any]:
+    args = parse_args()
+    phases: Dict[str, float] = {}
+    ort = import_runtime(args, phases)
+    if args.probe:
+        info = bc.device_info()
+        return {"runtime": "onnxruntime", "runtime_version": ort.__version__, "device": bc.device_string(info),
+                "device_info": info, "providers": ort.get_available_providers(),
+                "profiler_version": bc.profiler_version(os.path.abspath(__file__)), "timestamp": bc.utc_now()}
+    if args.batch:
+        summary = bc.run_batch(args, lambda: profile_model(ort, args))
+        summary["phases"] = dict(phases, script_ms=(time.perf_counter() - _T_START) * 1e3)
+        return summary
+    result = profile_model(ort, args)
+    result["phases"] = dict(phases, **result["phases"])
+    result["phases"]["script_ms"] = (time.perf_counter() - _T_START) * 1e3
     return result
 
 

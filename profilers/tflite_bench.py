@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Profile one .tflite model with the LiteRT interpreter; print one JSON object (see benchcore.py).
 
-Standalone: needs numpy, ``ai-edge-litert`` (or the older ``tflite-runtime``) and
-``benchcore.py`` in the same folder (Python >= 3.8).
+Standalone: needs numpy, ``ai-edge-litert`` (or the older ``tflite-runtime``, or a full TensorFlow's
+``tensorflow.lite``) and ``benchcore.py`` in the same folder (Python 3.6+, numpy 1.13+).
 
     python3 tflite_bench.py --model model.tflite --threads 4 --xnnpack --warmup 10 --min-runs 50
 
@@ -13,8 +13,6 @@ shape signature) becomes 1; any other dynamic axis is refused.  XNNPACK is LiteR
 delegate; ``--no-xnnpack`` uses the op resolver without default delegates (plain builtin kernels).
 """
 
-from __future__ import annotations
-
 import time
 
 _T_START = time.perf_counter()
@@ -22,9 +20,9 @@ _T_START = time.perf_counter()
 import importlib.util  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Dict, List, Optional, Tuple  # noqa: E402
 
-SCRIPT_VERSION = "1.0"
+SCRIPT_VERSION = "1.1"
 
 
 def _load_benchcore() -> Any:
@@ -37,9 +35,15 @@ def _load_benchcore() -> Any:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    except (ImportError, OSError, SyntaxError) as exc:
-        sys.stdout.write('{"ok": false, "kind": "environment", "error": "cannot import benchcore.py next to '
-                         + os.path.basename(__file__) + ": " + type(exc).__name__ + '"}\n')
+    except Exception as exc:  # missing, unreadable or broken: still one JSON object, exit 4
+        import json
+        import platform
+
+        sys.stdout.write(json.dumps({
+            "ok": False, "kind": "environment",
+            "error": "cannot import benchcore.py next to {} (Python {}): {}: {}".format(
+                os.path.basename(__file__), platform.python_version(), type(exc).__name__,
+                (str(exc).strip().splitlines() or [""])[0][:300])}) + "\n")
         sys.stdout.flush()
         os._exit(4)
 
@@ -47,7 +51,7 @@ def _load_benchcore() -> Any:
 bc = _load_benchcore()
 
 
-def parse_args(argv: list[str] | None = None) -> Any:
+def parse_args(argv: Optional[List[str]] = None) -> Any:
     p = bc.base_parser("tflite_bench.py", "Profile a .tflite model with the LiteRT interpreter.")
     p.add_argument("--xnnpack", dest="xnnpack", action="store_true", default=True,
                    help="apply LiteRT's default XNNPACK delegate (default)")
@@ -58,32 +62,53 @@ def parse_args(argv: list[str] | None = None) -> Any:
     return args
 
 
-def import_interpreter() -> tuple[Any, str, str]:
-    """(interpreter module, package name, version): ai-edge-litert first, then tflite-runtime."""
-    try:
-        import ai_edge_litert
-        from ai_edge_litert import interpreter
+#: Interpreter packages in the order they are tried: (import name, package name on PyPI).
+INTERPRETERS = (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"),
+                ("tensorflow", "tensorflow"))
 
-        return interpreter, "ai-edge-litert", str(getattr(ai_edge_litert, "__version__", "unknown"))
-    except ImportError as first:
+
+class _TfLite:
+    """``tensorflow.lite`` seen as an interpreter module (``Interpreter``, ``OpResolverType``)."""
+
+    def __init__(self, tf: Any) -> None:
+        self.Interpreter = tf.lite.Interpreter
+        self.OpResolverType = tf.lite.experimental.OpResolverType
+
+
+def import_interpreter() -> Tuple[Any, str, str]:
+    """(interpreter module, package name, version): ai-edge-litert, else tflite-runtime, else the
+    ``tensorflow.lite`` of a full TensorFlow; BenchFailure ("environment") naming all three."""
+    errors = []
+    for name, package in INTERPRETERS:
         try:
-            import tflite_runtime
-            from tflite_runtime import interpreter
+            if name == "tensorflow":
+                import tensorflow as tf
 
-            return interpreter, "tflite-runtime", str(getattr(tflite_runtime, "__version__", "unknown"))
-        except ImportError:
-            raise bc.BenchFailure(
-                f"LiteRT is not installed ({bc.one_line(str(first))}); on the device run: "
-                "python3 -m pip install ai-edge-litert (or tflite-runtime)", "environment") from None
+                mod: Any = _TfLite(tf)
+                top: Any = tf
+            else:
+                top = __import__(name)
+                mod = __import__(name + ".interpreter", fromlist=["Interpreter"])
+        except ImportError as exc:
+            errors.append(f"{package}: {bc.one_line(str(exc)) or type(exc).__name__}")
+            continue
+        except Exception as exc:  # a tensorflow without lite.Interpreter, a wheel built for another numpy
+            errors.append(f"{package}: {type(exc).__name__}: {bc.one_line(str(exc))}")
+            continue
+        return mod, package, str(getattr(top, "__version__", "unknown"))
+    raise bc.BenchFailure(
+        "LiteRT is not installed (" + "; ".join(errors) + "); on the device run: python3 -m pip install "
+        "ai-edge-litert (with an externally managed Python, in a venv: python3 -m venv ~/hwc && ~/hwc/bin/pip "
+        "install ai-edge-litert; 32-bit OS: tflite-runtime)", "environment")
 
 
-def make_feeds(interp: Any, seed: int) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
+def make_feeds(interp: Any, seed: int) -> Tuple[List[Tuple[int, Any]], List[Dict[str, Any]]]:
     """Random arrays for the interpreter's inputs (after any batch resize) and their description."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    feeds: list[tuple[int, Any]] = []
-    described: list[dict[str, Any]] = []
+    rng = bc.make_rng(seed)
+    feeds: List[Tuple[int, Any]] = []
+    described: List[Dict[str, Any]] = []
     for d in interp.get_input_details():
         dtype = np.dtype(d["dtype"])
         shape = [int(v) for v in d["shape"]]
@@ -109,7 +134,7 @@ def make_feeds(interp: Any, seed: int) -> tuple[list[tuple[int, Any]], list[dict
             raise bc.BenchFailure(f"cannot feed input {d['name']!r}: dtype {dtype} is not supported "
                                   "(supported: float, int, uint, bool tensors)", "model")
         feeds.append((int(d["index"]), arr))
-        entry: dict[str, Any] = {"name": d["name"], "shape": shape, "dtype": str(dtype)}
+        entry: Dict[str, Any] = {"name": d["name"], "shape": shape, "dtype": str(dtype)}
         if scale:
             entry["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
         described.append(entry)
@@ -146,9 +171,9 @@ def load_interpreter(mod: Any, args: Any) -> Any:
     return interp
 
 
-def ops_summary(interp: Any) -> dict[str, Any]:
+def ops_summary(interp: Any) -> Dict[str, Any]:
     """Op counts by name and how many delegate kernels (XNNPACK) took part of the graph."""
-    counts: dict[str, int] = {}
+    counts: Dict[str, int] = {}
     try:
         ops = interp._get_ops_details()  # private but stable since TF 2.5; best effort
     except Exception:
@@ -159,7 +184,7 @@ def ops_summary(interp: Any) -> dict[str, Any]:
     return {"ops": counts, "delegated": counts.get("DELEGATE", 0) > 0}
 
 
-def _run_fn(interp: Any, feeds: list[tuple[int, Any]]) -> Any:
+def _run_fn(interp: Any, feeds: List[Tuple[int, Any]]) -> Any:
     for index, arr in feeds:
         interp.set_tensor(index, arr)
     invoke = interp.invoke
@@ -174,9 +199,9 @@ def _run_fn(interp: Any, feeds: list[tuple[int, Any]]) -> Any:
     return fn
 
 
-def main() -> dict[str, Any]:
+def main() -> Dict[str, Any]:
     args = parse_args()
-    phases: dict[str, float] = {}
+    phases: Dict[str, float] = {}
     t = time.perf_counter()
     try:
         import numpy as np  # noqa: F401
@@ -185,6 +210,19 @@ def main() -> dict[str, Any]:
                               "environment") from None
     mod, package, version = import_interpreter()
     phases["import_ms"] = (time.perf_counter() - t) * 1e3
+    if args.batch:
+        summary = bc.run_batch(args, lambda: profile_model(mod, package, version, args))
+        summary["phases"] = dict(phases, script_ms=(time.perf_counter() - _T_START) * 1e3)
+        return summary
+    result = profile_model(mod, package, version, args)
+    result["phases"] = dict(phases, **result["phases"])
+    result["phases"]["script_ms"] = (time.perf_counter() - _T_START) * 1e3
+    return result
+
+
+def profile_model(mod: Any, package: str, version: str, args: Any) -> Dict[str, Any]:
+    """The result of one model (``args.model``) without ``ok``; BenchFailure when it cannot be profiled."""
+    phases: Dict[str, float] = {}
     if not os.path.isfile(args.model):
         raise bc.BenchFailure(f"cannot load model: file {args.model} does not exist", "model")
     model_bytes = os.path.getsize(args.model)
@@ -207,7 +245,7 @@ def main() -> dict[str, Any]:
     del interp, fn
 
     info = bc.device_info()
-    result: dict[str, Any] = {
+    result: Dict[str, Any] = {
         "latency": bc.latency_stats(samples),
         **mem,
         "load_ms": load_ms,
@@ -229,7 +267,6 @@ def main() -> dict[str, Any]:
         result["per_node"] = {"runs": 0, "nodes": [], "total_us": 0.0,
                               "note": "per-op times are not available from the LiteRT Python interpreter"}
     phases["load_ms"] = load_ms
-    phases["script_ms"] = (time.perf_counter() - _T_START) * 1e3
     result["phases"] = phases
     return result
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up hwcompress on a fresh Debian/Ubuntu machine: system packages (when missing and
+# Sets up hwcompress on a fresh Debian/Ubuntu machine: system packages (Fashion-MNIST, sshd, qemu-user; when missing and
 # permitted), a virtual environment in .venv, and the pinned Python packages.
 # Idempotent: a second run with an unchanged pyproject.toml takes about a second.
 set -euo pipefail
@@ -11,6 +11,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 need_apt=()
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_apt+=(dataset-fashion-mnist)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+# qemu-user runs the emulated aarch64 test board (tools/arm_board.py)
+command -v qemu-aarch64-static >/dev/null 2>&1 || need_apt+=(qemu-user-static)
 python_bin=""
 for cand in python3.12 python3.11 python3; do
     if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

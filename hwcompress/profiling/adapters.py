@@ -43,6 +43,8 @@ class ProfilerAdapter:
     runtime: str = ""
     script: str = ""
     model_suffixes: tuple[str, ...] = ()
+    #: The script profiles many models in one process (``--batch``); False: one process per model.
+    supports_batch: bool = True
 
     def script_path(self) -> Path:
         return profilers_dir() / self.script
@@ -79,6 +81,14 @@ class ProfilerAdapter:
         if per_node:
             out.append("--per-node")
         return out + self.runtime_args(target)
+
+    def batch_args(self, models: list[Path], target: Target, *, per_node: bool = False, seed: int = 0) -> list[str]:
+        """:meth:`args` for batch mode: ``--batch M1 M2 ...`` in place of ``--model M``."""
+        if not models:
+            raise ProfilerError("batch mode needs at least one model")
+        out = self.args(models[0], target, per_node=per_node, seed=seed)
+        i = out.index("--model")
+        return [*out[:i], "--batch", *(str(m) for m in models), *out[i + 2:]]
 
     def probe_args(self, target: Target) -> list[str]:
         """Arguments that only check the runtime on the device (no model)."""

@@ -229,3 +229,135 @@ def measure_many(
     """:func:`measure` each model in turn (never in parallel: profiles would disturb each other)."""
     runner = runner if runner is not None else runner_for(target)
     return [measure(p, target, cache=cache, runner=runner, per_node=per_node, force=force) for p in paths]
+
+
+#: Models per profiler process in :func:`measure_batch` (bounds one timeout's loss and the command line).
+BATCH_CHUNK = 48
+
+
+def _batch_timeout_s(target: Target, n: int) -> float:
+    """Limit of one batch process: the target's per-profile limit plus a per-model allowance."""
+    m = target.measure
+    per_model = min(m.timeout_s, 5.0 + 2.0 * m.max_seconds)
+    return m.timeout_s + n * per_model
+
+
+def parse_batch(script: str, stdout: str, models: list[Path]) -> list[dict[str, Any]]:
+    """The per-model JSON lines of a batch run, in the order of ``models``.
+
+    A run that failed before its first model (runtime missing, ...) raises ProfilerError; a batch
+    cut short (fewer lines than models, no summary line) raises ProfilerError too.
+    """
+    lines: list[dict[str, Any]] = []
+    for ln in stdout.splitlines():
+        ln = ln.strip()
+        if not ln.startswith("{"):
+            continue
+        try:
+            obj = json.loads(ln)
+        except ValueError:
+            raise ProfilerError(f"{script} printed a broken JSON line in batch mode: {ln[:200]}") from None
+        if isinstance(obj, dict):
+            lines.append(obj)
+    if not lines:
+        raise ProfilerError(f"{script} printed no JSON result in batch mode (stdout: {stdout.strip()[:200] or 'nothing'})")
+    summary = lines[-1]
+    if "batch" not in summary:
+        if not summary.get("ok") and "model" not in summary:  # failed before the first model
+            raise_failure(script, models[0], summary)
+        raise ProfilerError(f"{script} batch run was cut short after {len(lines)} of {len(models)} models")
+    per_model = lines[:-1]
+    if len(per_model) != len(models):
+        raise ProfilerError(f"{script} batch run reported {len(per_model)} results for {len(models)} models")
+    return per_model
+
+
+def _profile_batch(adapter: ProfilerAdapter, runner: Runner, models: list[Path], target: Target) -> list[Measurement]:
+    """One round of every model in ``models``: one profiler process per :data:`BATCH_CHUNK` models
+    where the runtime's script has a batch mode, else one process per model."""
+    if not adapter.supports_batch:
+        return [_profile_once(adapter, runner, m, target, per_node=False) for m in models]
+    out: list[Measurement] = []
+    for start in range(0, len(models), BATCH_CHUNK):
+        chunk = models[start:start + BATCH_CHUNK]
+        args = adapter.batch_args(chunk, target)
+        stdout = runner.run(adapter.script, args, chunk, _batch_timeout_s(target, len(chunk)))
+        for model, result in zip(chunk, parse_batch(adapter.script, stdout, chunk), strict=True):
+            if not result.get("ok"):
+                raise_failure(adapter.script, model, result)
+            m = parse_result(adapter.script, result, target)
+            if not all(math.isfinite(v) for v in (m.latency.median_ms, m.latency.cv)):
+                raise ProfilerError(f"{adapter.script} reported a non-finite latency for {model.name}")
+            out.append(m)
+    return out
+
+
+def measure_batch(
+    paths: list[Path],
+    target: Target,
+    *,
+    cache: MeasurementCache | None = None,
+    runner: Runner | None = None,
+    force: bool = False,
+    cache_ids: list[str] | None = None,
+) -> list[Measurement]:
+    """:func:`measure` for many models, in order, with the profiler's batch mode: one process (or
+    one SSH command) profiles up to :data:`BATCH_CHUNK` models, so a long list does not pay a
+    process start (~1 s here, more on a board) per model.  Same cache, noise and re-measure rules:
+    models whose round spread exceeds ``max_cv`` are profiled again in a further batch (at most
+    ``max_rounds`` rounds; the lowest-spread round is kept).  ``cache_ids`` (one per path) replace
+    the file's sha256 in the cache key, for models identified by what they stand for (the layer
+    table keys its entries by layer signature).  Runtimes without a batch mode (TensorRT) fall
+    back to one process per model.  Raises as :func:`measure`.
+    """
+    models = [Path(p) for p in paths]
+    if cache_ids is not None and len(cache_ids) != len(models):
+        raise ValueError("cache_ids needs one id per model")
+    adapter = get_adapter(target.runtime)
+    runner = runner if runner is not None else runner_for(target)
+    version = adapter.profiler_version()
+    digest = target.settings_digest()
+    results: list[Measurement | None] = [None] * len(models)
+    keys: list[CacheKey] = []
+    shas: list[str] = []
+    for i, model in enumerate(models):
+        if not model.is_file():
+            raise FileMissingError(f"model file {model} does not exist")
+        adapter.check_model(model)
+        sha = sha256_file(model)
+        shas.append(sha)
+        keys.append(CacheKey(cache_ids[i] if cache_ids is not None else sha, digest, version))
+        if cache is not None and not force:
+            hit = cache.get(keys[i])
+            if hit is not None:
+                results[i] = replace_target(hit, target)
+    pending = [i for i, r in enumerate(results) if r is None]
+    rounds: dict[int, list[Measurement]] = {i: [] for i in pending}
+    t0 = time.perf_counter()
+    settings = target.measure
+    while pending:
+        measured = _profile_batch(adapter, runner, [models[i] for i in pending], target)
+        again = []
+        for i, m in zip(pending, measured, strict=True):
+            if m.model_sha256 != shas[i]:
+                raise ProfilerError(f"{models[i].name} changed while it was profiled "
+                                    f"(sha256 {m.model_sha256[:12]} != {shas[i][:12]})")
+            rounds[i].append(m)
+            if _noise(m) > settings.max_cv and len(rounds[i]) < settings.max_rounds:
+                again.append(i)
+        pending = again
+    wall = time.perf_counter() - t0
+    n_measured = len(rounds)
+    for i, got in rounds.items():
+        best = min(got, key=_noise)
+        if best.profiler_version != version:
+            log.warning("%s reports version %s, expected %s: the device runs another copy of the script",
+                        adapter.script, best.profiler_version, version)
+        result = dataclasses.replace(best, rounds=len(got), median_cv=_cv([r.latency.median_ms for r in got]),
+                                     wall_s=wall / max(n_measured, 1), cached=False)
+        if cache is not None:
+            cache.put(keys[i], result)
+        results[i] = result
+    if n_measured:
+        log.info("measured %d of %d models on %s in batch mode (%.1f s)", n_measured, len(models), target.name, wall)
+    return [r for r in results if r is not None]

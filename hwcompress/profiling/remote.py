@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import hwcompress.profiling.runtimes  # noqa: F401  (registers the tflite / tensorrt adapters)
 from hwcompress.errors import HostKeyError, ProfilerError, ProfilerTimeout, RemoteError
 from hwcompress.fsutil import sha256_file
-from hwcompress.profiling.runner import LocalRunner, Runner, check_exit, stderr_tail
+from hwcompress.profiling.runner import PYTHON_VERSION_CODE, LocalRunner, Runner, check_exit, stderr_tail
 from hwcompress.records import Connection, Target
 
 if TYPE_CHECKING:
@@ -574,7 +574,8 @@ class SshRunner:
                 "measure.timeout_s in the target" + (f" (stderr: {tail})" if tail else "")
             )
         if code == KILLED_BY_SIGNAL:
-            raise ProfilerError(f"{script} on {self.address} was killed by a signal (out of memory?): "
+            raise ProfilerError(f"{script} on {self.address} was killed by a signal under Python "
+                                f"{self.python_version() or '(version unknown)'} (out of memory?): "
                                 f"{stderr_tail(stderr) or 'no output on stderr'}")
         if code == 127 or code == 126:
             raise ProfilerError(
@@ -583,7 +584,17 @@ class SshRunner:
             )
         if code > 128 and code - 128 < 65:
             code = -(code - 128)  # killed by a signal, reported by `timeout` as 128 + n
-        return check_exit(f"{script} on {self.address}", code, res.stdout, stderr)
+        return check_exit(f"{script} on {self.address}", code, res.stdout, stderr, self.python_version,
+                          self.connection.python)
+
+    def python_version(self) -> str:
+        """Version of ``connection.python`` on the device (``"3.6.9"``), or ``""`` if it does not run."""
+        try:
+            res = self.execute(f"{sh_path(self.connection.python)} -c {shlex.quote(PYTHON_VERSION_CODE)}", 30.0)
+        except (RemoteError, ProfilerError):
+            return ""
+        out = res.stdout.strip().splitlines()
+        return out[-1].strip() if res.returncode == 0 and out else ""
 
 
 def _strip_mark(stderr: str) -> str:

@@ -42,6 +42,7 @@ class TrtAdapter(ProfilerAdapter):
     runtime = "tensorrt"
     script = "trt_bench.py"
     model_suffixes = (".onnx",)
+    supports_batch = False  # batch mode not supported for this runtime: one engine build per model
 
     def runtime_args(self, target: Target) -> list[str]:
         opt = target.options

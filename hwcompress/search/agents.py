@@ -11,8 +11,15 @@ if TYPE_CHECKING:
     import gymnasium as gym
     from stable_baselines3.common.base_class import BaseAlgorithm
 
-AGENTS: tuple[str, ...] = ("ddpg", "td3", "sac", "ppo")
-OFF_POLICY: tuple[str, ...] = ("ddpg", "td3", "sac")
+#: The one alias table: agent name -> (stable-baselines3 class name, off-policy with a replay buffer).
+_TABLE: dict[str, tuple[str, bool]] = {
+    "ddpg": ("DDPG", True),
+    "td3": ("TD3", True),
+    "sac": ("SAC", True),
+    "ppo": ("PPO", False),
+}
+AGENTS: tuple[str, ...] = tuple(_TABLE)
+OFF_POLICY: tuple[str, ...] = tuple(name for name, (_, off) in _TABLE.items() if off)
 
 
 @dataclass(frozen=True)
@@ -34,16 +41,14 @@ class AgentConfig:
 def make_agent(cfg: AgentConfig, env: gym.Env[Any, Any], episode_len: int) -> BaseAlgorithm:
     """Build a fresh SB3 agent for ``env`` (one episode = ``episode_len`` steps)."""
     import numpy as np
-    from stable_baselines3 import DDPG, PPO, SAC, TD3
     from stable_baselines3.common.noise import NormalActionNoise
 
     name = cfg.name.lower()
-    if name not in AGENTS:
-        raise UsageError(f"unknown agent {cfg.name!r}; choose one of {', '.join(AGENTS)}")
+    cls: Any = agent_class(name)  # constructor keywords differ per algorithm
     n_act = int(np.prod(env.action_space.shape or (1,)))
     policy_kwargs = {"net_arch": list(cfg.net_arch)}
-    if name == "ppo":
-        return PPO(
+    if name not in OFF_POLICY:
+        return cls(
             "MlpPolicy", env, learning_rate=cfg.learning_rate, n_steps=max(episode_len * 4, 8),
             batch_size=max(episode_len, 4), gamma=cfg.gamma, seed=cfg.seed, policy_kwargs=policy_kwargs, verbose=0,
             device="cpu",
@@ -61,20 +66,21 @@ def make_agent(cfg: AgentConfig, env: gym.Env[Any, Any], episode_len: int) -> Ba
         verbose=0,
         device="cpu",
     )
-    if name == "sac":
-        return SAC("MlpPolicy", env, **common)
+    if name == "sac":  # entropy-driven exploration: no action noise
+        return cls("MlpPolicy", env, **common)
     noise = NormalActionNoise(mean=np.zeros(n_act), sigma=np.full(n_act, cfg.noise_sigma))
-    cls = DDPG if name == "ddpg" else TD3
     return cls("MlpPolicy", env, action_noise=noise, **common)
 
 
 def agent_class(name: str) -> type[BaseAlgorithm]:
-    from stable_baselines3 import DDPG, PPO, SAC, TD3
+    """The stable-baselines3 class of agent ``name`` (UsageError for an unknown name)."""
+    import stable_baselines3
 
-    table: dict[str, type[BaseAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC, "ppo": PPO}
-    if name not in table:
+    entry = _TABLE.get(name.lower())
+    if entry is None:
         raise UsageError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)}")
-    return table[name]
+    cls: type[BaseAlgorithm] = getattr(stable_baselines3, entry[0])
+    return cls
 
 
 def decay_noise(agent: BaseAlgorithm, factor: float, floor: float = 0.02) -> float:

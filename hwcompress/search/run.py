@@ -14,6 +14,7 @@ Everything lives in a run directory:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from hwcompress.errors import HwcompressError, UsageError
+from hwcompress.errors import BudgetError, HwcompressError, ProfilerError, RemoteError, UsageError
 from hwcompress.fsutil import atomic_write_text
 from hwcompress.records import Candidate, CompressionPolicy, Manifest, Measurement
 from hwcompress.search.agents import AGENTS, AgentConfig
@@ -119,7 +120,11 @@ class SearchConfig:
         d = dict(d)
         d["stages"] = tuple(d.get("stages", STAGES))
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"search config: unknown key(s) {', '.join(unknown)} (written by another hwcompress "
+                             f"version?); known keys are {', '.join(sorted(known))}")
+        return cls(**d)
 
 
 class Reporter(Protocol):
@@ -156,6 +161,11 @@ class SearchResult:
     seconds: dict[str, float]
     candidates: int
     verdict: dict[str, Any] = field(default_factory=dict)  # the final winner judged on fresh profiles (_verify)
+    final: dict[str, Any] = field(default_factory=dict)  # the artifact judged against every budget (_accept)
+
+    @property
+    def budget_met(self) -> bool:
+        return bool(self.final.get("met", True))
 
 
 # How much of a precision's measured speed-up on the baseline stage 1 may count on.
@@ -177,6 +187,7 @@ SETTLE_GAP = 0.05  # a stage-1 winner judged this far (relative) under its need 
 SETTLE_STEPS = 3  # judged steps of that growth
 SETTLE_AIM = 0.975  # each step aims this far under the need (verdicts of one model scatter by a few percent)
 SETTLE_CLOSE = 0.03  # a fit judged this close under the need ends the growth
+REACH_MARGIN = 1.10  # a budget is out of reach when the floor's best prediction is this far over it
 
 
 def _ms(cand: Candidate) -> float:
@@ -188,6 +199,12 @@ def _ms(cand: Candidate) -> float:
 
 def _meets(cand: Candidate, budget_ms: float) -> bool:
     return _ms(cand) <= budget_ms
+
+
+def _over(value: float, budget: float) -> str:
+    """How far ``value`` is over ``budget``: ``22%`` or ``41x``."""
+    r = value / budget if budget > 0 else float("inf")
+    return f"{(r - 1) * 100:.0f}%" if r < 3 else f"{r:.0f}x"
 
 
 @dataclass(frozen=True)
@@ -326,6 +343,10 @@ class Search:
         self.command = command
         self.seconds: dict[str, float] = {}
         self.trust_new_host = False
+        self.allow_over_budget = False  # write an artifact whose result is over its budget (exit 3 all the same)
+        self.final_verdict: dict[str, Any] = {}  # _accept's verdict on every budget
+        self.quiet_libraries = False  # third-party warnings and native stderr to RUN_DIR/libraries.log
+        self._exits = contextlib.ExitStack()
         self.latency_within: tuple[int, int] = (0, 0)
         self.verdict: dict[str, Any] = {}  # the last stage's winner judged on fresh profiles (_verify)
         self.stage2_verdict: dict[str, Any] = {}
@@ -336,7 +357,12 @@ class Search:
         cfg_file = run_dir / "config.json"
         if not cfg_file.is_file():
             raise UsageError(f"--resume {run_dir}: no config.json there; is it a search's run directory?")
-        cfg = SearchConfig.from_dict(json.loads(cfg_file.read_text()))
+        try:
+            cfg = SearchConfig.from_dict(json.loads(cfg_file.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"--resume {run_dir}: config.json cannot be read ({exc})") from None
+        except UsageError as exc:
+            raise UsageError(f"--resume {run_dir}: {exc}") from None
         return cls(cfg, run_dir, resume=True, **kwargs)
 
     # ------------------------------------------------------------------ setup
@@ -348,23 +374,39 @@ class Search:
         from hwcompress.macs import count_macs
         from hwcompress.profiling.cache import MeasurementCache
         from hwcompress.targets import load_target
-        from hwcompress.zoo.train import ensure_baseline
+        from hwcompress.zoo.train import build_for, ensure_baseline
 
         cfg = self.cfg
+        # Everything checkable is checked before the slow work (training, conversion, measuring).
+        from hwcompress import preflight
+
+        if self.resume:
+            preflight.writable_folder(Path(cfg.out), "--out")
+        else:
+            preflight.artifact_destination(Path(cfg.out), cfg.force)
+        preflight.writable_folder(self.run_dir, "--run-dir")
+        self.target: Target = load_target(cfg.target, **cfg.connection)
+        preflight.target_ready(self.target, trust_new_host=self.trust_new_host)
+        self.splits: DataSplits = load_splits(cfg.data, seed=cfg.seed)
+        net = build_for(cfg.model, self.splits)
+        if cfg.checkpoint:  # it must load into the architecture (the baseline loads it again below)
+            from hwcompress.zoo.user import load_state_dict
+
+            load_state_dict(net, cfg.checkpoint)
+        preflight.labels_fit_model(self.splits, net, cfg.model)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.resume:
-            out = Path(cfg.out)
-            if out.exists() and not cfg.force:
-                raise UsageError(f"artifact folder {out} exists; choose another --out or pass --force")
             atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        if self.quiet_libraries:
+            from hwcompress.runlog import library_output_to
+
+            self._exits.enter_context(library_output_to(self.run_dir / "libraries.log"))
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.target: Target = load_target(cfg.target, **cfg.connection)
         if self.target.connection.kind == "ssh":
             from hwcompress.profiling.remote import runner_for
 
             runner_for(self.target, trust_new_host=self.trust_new_host)  # one pooled connection for the search
-        self.splits: DataSplits = load_splits(cfg.data, seed=cfg.seed)
         self.base = ensure_baseline(cfg.model, self.splits, checkpoint=cfg.checkpoint)
         self.base.model.eval()
         self.shape = (1, *self.splits.input_shape)
@@ -482,6 +524,7 @@ class Search:
             return CompressionPolicy.from_dict(data["policy"]), best
         budget1 = self._stage1_budget()
         groups, lat_model, evaluator, env = self._stage1_tools(budget1)
+        self._check_reach(groups, budget1)
         if self.resume:
             evaluator.restore(self.log.read())
         runner = StageRunner("prune", env, len(groups), self._agent_cfg(cfg.warmup_episodes), self.run_dir / "ckpt")
@@ -490,6 +533,7 @@ class Search:
         self.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes if self.resume else 0)
         t0 = time.monotonic()
         runner.run(cfg.prune_episodes, deadline=self.deadline, resume=self.resume)
+        self.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes)
         self.seconds["prune_search"] = time.monotonic() - t0
         best = evaluator.state.best
         best_within = evaluator.state.best_within
@@ -539,6 +583,49 @@ class Search:
             "credit_check": credit, "repair": repair, "grow": grow, "verify": verify, "baseline_recheck": recheck,
         }, indent=2))
         return policy, best
+
+    def _check_reach(self, groups: list[PruneGroup], budget1: Stage1Budget) -> None:
+        """Refuse (exit 3) before stage 1's episodes when even the most pruned model cannot meet the budgets.
+
+        The floor (every group at ``lower_bound``) is exported and profiled twice; its fastest reading
+        times the best precision speed-up measured on the baseline is the fastest result the search
+        can reach.  Over the latency budget by more than ``REACH_MARGIN`` (the baseline's precision
+        ratio carries over to the floor only roughly) — or its file over the size budget at the smallest
+        precision the target offers — the search would only spend hours to miss; with
+        ``allow_over_budget`` it goes on and says so.
+        """
+        from hwcompress.search.evaluator import device_file
+
+        floor = CompressionPolicy(keep={g.name: self.cfg.lower_bound for g in groups})
+        path = device_file(self._pruned(floor), self.shape, self.workdir / f"floor-{floor.digest()}", self.target)
+        fastest, _ = self._fastest(path, 2, cache=self.cache, cached_first=True)
+        ratios = [r for r in budget1.precision_ratios.values() if r < 1.0]
+        best_ratio = min(ratios, default=1.0)
+        reach_ms = fastest.latency.median_ms * best_ratio
+        misses: list[str] = []
+        hint = ""
+        if reach_ms > self.budget_ms * REACH_MARGIN:
+            at = f", {reach_ms:.3f} ms at its fastest measured precision" if best_ratio < 1.0 else ""
+            misses.append(
+                f"--latency-budget {self.cfg.latency_budget} ({self.budget_ms:.3f} ms) is out of reach on {self.target.name}: "
+                f"the most pruned model the search can make (keep {self.cfg.lower_bound:g} in every layer) measures "
+                f"{fastest.latency.median_ms:.3f} ms{at}, {_over(reach_ms, self.budget_ms)} over the budget"
+            )
+            hint = f"give --latency-budget {reach_ms / self.base_ms * 1.05:.2f}x or more, or a lower --lower-bound"
+        if self.ctx.size_budget is not None:
+            bits = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+            smallest = min((bits.get(p, 32) for p in self.target.precisions), default=32) if "quant" in self.cfg.stages else 32
+            reach_b = fastest.model_bytes * smallest / 32
+            if reach_b > self.ctx.size_budget:
+                misses.append(f"--size-budget {self.cfg.size_budget} is out of reach: the most pruned model is "
+                              f"{fastest.model_bytes / 1024:.1f} KiB in fp32 (~{reach_b / 1024:.1f} KiB at {smallest} bits), "
+                              f"{_over(reach_b, self.ctx.size_budget)} over")
+        if not misses:
+            return
+        if not self.allow_over_budget:
+            raise BudgetError("; ".join(misses) + f"; {hint or 'give a larger budget'}, or pass --allow-over-budget "
+                              "to search anyway")
+        self.reporter.message("; ".join(misses) + " (searching anyway: --allow-over-budget)")
 
     def _stage1_tools(self, budget1: Stage1Budget) -> tuple[list[PruneGroup], LatencyModel, PruneEvaluator, PruneEnv]:
         """Stage 1's prunable groups, latency model, candidate evaluator and environment, for ``budget1``."""
@@ -672,8 +759,9 @@ class Search:
         if info["settled"]:
             verify.update(ratio=last["ratio"], ms=last["ms"], policy=last["policy"])
             self.reporter.message(
-                f"{stage}: the winner was judged at {ms0:.3f} ms, well under {need_ms:.3f} ms; grown back towards it: "
-                f"{last['ms']:.3f} ms judged, accuracy {cand.accuracy * 100:.1f}% ({len(info['steps'])} judged steps)"
+                f"{stage}: the winner was judged at {ms0:.3f} ms, well under {need_ms:.3f} ms; a larger model (more "
+                f"channels kept) was judged at {last['ms']:.3f} ms, within it, accuracy {cand.accuracy * 100:.1f}% "
+                f"({len(info['steps'])} judged steps)"
             )
         verify["settle"] = info
         return cand, verify
@@ -1134,7 +1222,13 @@ class Search:
                      checkpoint=self.run_dir / f"finetune-ckpt{self._tag}.pt", test=False)
             self.seconds["finetune"] = self.seconds.get("finetune", 0.0) + time.monotonic() - t0
         model.eval()
-        save_pruned(model, path, meta={"policy": policy.to_dict()})
+        from hwcompress.evaluate import accuracy
+
+        test = self.splits.test.head(self.cfg.test_limit)
+        save_pruned(model, path, meta={"policy": policy.to_dict(), "test_accuracy": accuracy(model, test),
+                                       "test_images": len(test)},
+                    source={"spec": self.cfg.model, "in_channels": self.shape[1], "num_classes": self.splits.num_classes,
+                            "input_shape": list(self.shape)})
         return model
 
     # ------------------------------------------------------------------ stage 2
@@ -1195,13 +1289,14 @@ class Search:
                        layer_ms=layer_ms, budget_ms=self.inner_ms if cfg.wall else None)
         warm = min(cfg.warmup_episodes, max(cfg.quant_episodes // 3, 1))
         runner = StageRunner("quant", env, len(steps), self._agent_cfg(warm), self.run_dir / f"ckpt{self._tag}")
+        self.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes if self.resume else 0)
         if speed is not None:
             self._seed_uniform(evaluator, steps, keep, speed)
         if self.resume:
             evaluator.episode = runner.load_progress().episodes
-        self.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes if self.resume else 0)
         t0 = time.monotonic()
         runner.run(cfg.quant_episodes, deadline=self.deadline, resume=self.resume)
+        self.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes)
         self.seconds["quant_search"] = self.seconds.get("quant_search", 0.0) + time.monotonic() - t0
         best = evaluator.state.best
         verify: dict[str, Any] = {}
@@ -1305,6 +1400,21 @@ class Search:
 
     # ------------------------------------------------------------------ all
     def run(self) -> SearchResult:
+        """Every stage not finished yet, then the artifact.
+
+        A device lost mid-run (RemoteError / ProfilerError) keeps everything measured so far; the
+        error names the ``--resume`` command that continues from there.
+        """
+        with self._exits:
+            try:
+                return self._run()
+            except (RemoteError, ProfilerError) as exc:
+                if not (self.run_dir / "config.json").is_file():
+                    raise
+                raise type(exc)(f"{exc}; the search so far is kept in {self.run_dir}: continue it with "
+                                f"`hwcompress search --resume {self.run_dir}`") from exc
+
+    def _run(self) -> SearchResult:
         t_all = time.monotonic()
         self._prepare()
         cfg = self.cfg
@@ -1335,17 +1445,18 @@ class Search:
             run_dir=self.run_dir, artifact=artifact, manifest=manifest, baseline_ms=self.base_ms, budget_ms=self.budget_ms,
             prune_best=prune_best, quant_best=quant_best, latency_model_within=self.latency_within,
             seconds=dict(self.seconds), candidates=n, verdict=dict(self.verdict, stage1_refits=self.refits),
+            final=dict(self.final_verdict),
         )
 
     def _artifact(self, model: nn.Module, policy: CompressionPolicy) -> tuple[Manifest, Path]:
-        from hwcompress.artifact import _figures, export_artifact
+        from hwcompress.artifact import export_artifact, measure_figures
 
         out = Path(self.cfg.out)
         # The baseline is the original, unpruned fp32 model, measured and scored the same way as the result.
         # Both are profiled afresh, one after the other (no cache): a reading cached during the search may
         # come from a slow or quiet spell of the machine (seen: a stage-2 fp32 model at 2.56 ms, 1.85 ms in
         # stage 1), and the manifest's two figures are what `hwcompress check` holds the artifact to.
-        baseline = _figures(
+        baseline = measure_figures(
             self.base_file, self.target, self.splits.test, macs=self.base_macs, params=self.base_params,
             precisions={"fp32": 1}, label=f"baseline{self.base_file.suffix}", cache=None,
             test_limit=self.cfg.test_limit,
@@ -1353,6 +1464,51 @@ class Search:
         manifest = export_artifact(
             model, policy, self.target, out, calib=self.splits.calib, test=self.splits.test, baseline=baseline,
             source_model=self.cfg.model, force=self.cfg.force or self.resume, command=self.command, seed=self.cfg.seed,
-            cache=None, test_limit=self.cfg.test_limit,
+            cache=None, test_limit=self.cfg.test_limit, accept=self._accept,
         )
         return manifest, out
+
+    def _accept(self, manifest: Manifest, device_file: Path) -> Manifest:
+        """The final verdict on every budget, before the artifact is written (``export_artifact``'s ``accept``).
+
+        Latency is judged as everywhere in the search (:meth:`_judge`: the artifact's model and the
+        baseline profiled afresh side by side): a relative budget (``0.5x``) on the ratio, an absolute
+        one on the model's fastest round.  Size is the model file's bytes, memory the measured peak.
+        Over any of them: BudgetError (exit 3, nothing written) unless ``allow_over_budget``, when
+        the manifest says ``budget_met: false`` and the CLI still exits 3.
+        """
+        spec = parse_budget(self.cfg.latency_budget, "--latency-budget")
+        judged = self._judge(device_file)
+        if spec.ratio is not None:
+            value, limit, shown = judged["ratio"], spec.ratio, f"{judged['ratio']:.3f}x of the baseline for {spec.ratio:g}x"
+        else:
+            value = min(judged["rounds_ms"])
+            limit, shown = self.budget_ms, f"{value:.3f} ms for {self.budget_ms:.3f} ms"
+        verdict: dict[str, Any] = {"latency": {
+            "budget": self.cfg.latency_budget, "budget_ms": self.budget_ms, "judged_ratio": judged["ratio"],
+            "judged_ms": judged["ms"], "rounds_ms": judged["rounds_ms"], "base_rounds_ms": judged["base_rounds_ms"],
+            "met": value <= limit, "rule": "fastest of 3 profiles of each, alternating with the baseline",
+        }}
+        misses: list[str] = []
+        if value > limit:
+            misses.append(f"latency {judged['ms']:.3f} ms is {_over(value, limit)} over the {self.budget_ms:.3f} ms budget "
+                          f"(judged beside the baseline: {shown})")
+        for key, option, have, cap in (
+            ("size", self.cfg.size_budget, float(manifest.result.file_bytes), self.ctx.size_budget),
+            ("memory", self.cfg.memory_budget,
+             float(manifest.result.measurement.peak_memory_bytes) if manifest.result.measurement else 0.0,
+             self.ctx.memory_budget),
+        ):
+            if cap is None:
+                continue
+            verdict[key] = {"budget": option, "budget_bytes": cap, "bytes": have, "met": have <= cap}
+            if have > cap:
+                misses.append(f"{key} {have / 1024:.1f} KiB is {_over(have, cap)} over the {cap / 1024:.1f} KiB budget")
+        met = not misses
+        self.final_verdict = dict(verdict, met=met, misses=misses)
+        if not met and not self.allow_over_budget:
+            raise BudgetError(
+                "the result is over its budget: " + "; ".join(misses) + f"; no artifact written (the run is kept: "
+                f"`hwcompress search --resume {self.run_dir} --allow-over-budget` writes it, marked budget_met: false)"
+            )
+        return dataclasses.replace(manifest, budget=verdict, budget_met=met)

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -282,6 +283,9 @@ def train_model(
     history: list[EpochStats] = []
     val_acc = 0.0
     log.info("training %s: %d images, %d epochs x %d steps, %d thread(s)", type(model).__name__, n, cfg.epochs, steps, threads)
+    from hwcompress.progress import Ticker
+
+    ticker = Ticker(f"training {type(model).__name__}: steps", total)
     try:
         with torch_threads(threads), _progress(progress, total) as bar:
             for epoch in range(1, cfg.epochs + 1):
@@ -312,6 +316,7 @@ def train_model(
                     if bar is not None:
                         prog, task = bar
                         prog.update(task, advance=1, description=f"epoch {epoch}/{cfg.epochs}", loss=run_loss / seen, ips=ips)
+                    ticker.step(text=f"epoch {epoch}/{cfg.epochs}, loss {run_loss / seen:.3f}, {ips:.0f} img/s")
                     if log_every and (step + 1) % log_every == 0:
                         log.info("epoch %d/%d step %d/%d loss %.4f %.0f img/s", epoch, cfg.epochs, step + 1, steps, run_loss / seen, ips)
                 val_acc = accuracy(model, splits.val) if len(splits.val) else float("nan")
@@ -321,6 +326,7 @@ def train_model(
                     prog, task = bar
                     prog.update(task, val=f"val {val_acc:.2%}")
                 log.info("epoch %d/%d: loss %.4f, val accuracy %.4f, %.1f s", epoch, cfg.epochs, run_loss / max(1, seen), val_acc, secs)
+                ticker.mark(f"epoch {epoch}/{cfg.epochs} done: loss {run_loss / max(1, seen):.3f}, val accuracy {val_acc:.2%}, {secs:.0f} s")
             test_acc = accuracy(model, splits.test)
     finally:
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
@@ -380,6 +386,42 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+SHIPPED_DIR = Path(__file__).parent / "checkpoints"
+"""Trained checkpoints shipped in the package (the demo's baseline), made by tools/make_demo_checkpoint.py."""
+SHIPPED_TOLERANCE = 0.003  # a shipped checkpoint must score its recorded test accuracy within this here
+
+
+def _shipped(stem: str, net: nn.Module, splits: DataSplits) -> tuple[TrainResult, Path] | None:
+    """A shipped checkpoint for exactly this model, data, split and recipe (``stem``), checked; else None.
+
+    Checked by the sha256 recorded beside it and by its test accuracy, measured now on these
+    splits against the recorded figure: a file that fails either is not used (the model is trained).
+    """
+    source = SHIPPED_DIR / f"{stem}.pt"
+    info = _read_json(source.with_suffix(".json"))
+    if not source.is_file() or info is None:
+        return None
+    if sha256_file(source) != info.get("sha256"):
+        log.warning("shipped checkpoint %s does not match its recorded sha256: training instead", source)
+        return None
+    try:
+        load_state_dict(net, source)
+        result = TrainResult.from_dict(info["result"])
+    except Exception as exc:
+        log.warning("shipped checkpoint %s is unusable (%s): training instead", source, exc)
+        return None
+    from hwcompress.evaluate import accuracy
+
+    net.eval()
+    test = accuracy(net, splits.test)
+    if abs(test - result.test_accuracy) > SHIPPED_TOLERANCE:
+        log.warning("shipped checkpoint %s scores %.4f on the test split here, %.4f when it was made: training instead",
+                    source, test, result.test_accuracy)
+        return None
+    log.info("using the shipped checkpoint %s (test accuracy %.4f, recorded %.4f)", source, test, result.test_accuracy)
+    return result, source
+
+
 def _models_dir() -> Path:
     d = cache_dir() / "models"
     try:
@@ -408,6 +450,25 @@ def _evaluate_checkpoint(model: nn.Module, spec: str, checkpoint: Path, splits: 
     return val, test
 
 
+def cache_stem(name: str, splits: DataSplits, cfg: TrainConfig, arch: str) -> str:
+    """File stem of a trained checkpoint: model name, data + split digest, digest of recipe and architecture."""
+    key = hashlib.sha256(f"v{_CACHE_VERSION}\0{cfg.result_digest()}\0{arch}".encode()).hexdigest()[:16]
+    return f"{name}-{splits.digest}-{key}"
+
+
+def build_for(model: str, splits: DataSplits) -> nn.Module:
+    """A fresh (untrained) ``model`` for the data: a zoo name or ``package.module:factory`` spec."""
+    c, _, _ = splits.input_shape
+    if is_zoo_name(model):
+        return build_model(model, in_channels=c, num_classes=splits.num_classes)
+    if is_user_spec(model):
+        return build_user_model(model, in_channels=c, num_classes=splits.num_classes)
+    raise ModelError(
+        f"unknown model {model!r}; built-in models: {', '.join(ZOO_NAMES)}, or give package.module:factory "
+        "or path/to/file.py:factory"
+    )
+
+
 def ensure_baseline(
     model: str,
     splits: DataSplits,
@@ -428,19 +489,10 @@ def ensure_baseline(
     """
     import torch
 
-    c, _, _ = splits.input_shape
-    k = splits.num_classes
-    if is_zoo_name(model):
-        def build() -> nn.Module:
-            return build_model(model, in_channels=c, num_classes=k)
-    elif is_user_spec(model):
-        def build() -> nn.Module:
-            return build_user_model(model, in_channels=c, num_classes=k)
-    else:
-        raise ModelError(
-            f"unknown model {model!r}; built-in models: {', '.join(ZOO_NAMES)}, or give package.module:factory "
-            "or path/to/file.py:factory"
-        )
+    def build() -> nn.Module:
+        return build_for(model, splits)
+
+    build_for(model, splits)  # an unknown spec fails here, before anything is read or trained
     name = model if is_zoo_name(model) else _slug(model)
 
     if checkpoint is not None:
@@ -455,9 +507,8 @@ def ensure_baseline(
     torch.manual_seed(cfg.seed)
     net = build()
     arch = architecture_digest(net)
-    key = hashlib.sha256(f"v{_CACHE_VERSION}\0{cfg.result_digest()}\0{arch}".encode()).hexdigest()[:16]
     folder = _models_dir()
-    stem = f"{name}-{splits.digest}-{key}"
+    stem = cache_stem(name, splits, cfg, arch)
     pt, meta = folder / f"{stem}.pt", folder / f"{stem}.json"
     with _file_lock(folder / f".{stem}.lock"):
         if not force and pt.is_file():
@@ -475,6 +526,15 @@ def ensure_baseline(
                                     result.seconds, True, cfg)
                 torch.manual_seed(cfg.seed)
                 net = build()
+        shipped = None if force else _shipped(stem, net, splits)
+        if shipped is not None:
+            result, source = shipped
+            shutil.copyfile(source, tmp := temp_path_beside(pt, ".pt"))
+            os.replace(tmp, pt)
+            atomic_write_text(meta, json.dumps({**(_read_json(source.with_suffix(".json")) or {}), "from": str(source)},
+                                               indent=1))
+            net.eval()
+            return Baseline(net, name, result.test_accuracy, result.val_accuracy, pt, 0.0, True, cfg)
         result = train_model(net, splits, cfg, progress=progress)
         _save_state(net, pt)
         info = {

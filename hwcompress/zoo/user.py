@@ -70,6 +70,16 @@ def _import_module(name: str) -> Any:
         raise ModelError(f"importing {name!r} failed: {_first_line(exc)}") from exc
 
 
+def portable_spec(spec: str) -> str:
+    """``spec`` with a ``file.py`` part made absolute, so another process in another folder finds it."""
+    if not is_user_spec(spec):
+        return spec
+    where, factory = split_spec(spec)
+    if where.endswith(".py"):
+        return f"{Path(where).expanduser().resolve()}:{factory}"
+    return spec
+
+
 def resolve_factory(spec: str) -> Callable[..., Any]:
     """The callable that ``spec`` names (not called)."""
     where, factory = split_spec(spec)
@@ -160,4 +170,7 @@ def load_user_model(spec: str, checkpoint: str | None, *, in_channels: int, num_
     return model
 
 
-__all__ = ["build_user_model", "is_user_spec", "load_state_dict", "load_user_model", "resolve_factory", "split_spec"]
+__all__ = [
+    "build_user_model", "is_user_spec", "load_state_dict", "load_user_model", "portable_spec", "resolve_factory",
+    "split_spec",
+]

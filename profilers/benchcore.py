@@ -462,36 +462,33 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _write_line(obj: Dict[str, Any]) -> None:
+    """``obj`` as one line of JSON (non-finite floats become null) on the result stream."""
+    data = (json.dumps(_finite(obj), allow_nan=False, sort_keys=True) + "\n").encode("utf-8")
+    if _result_fd is None:
+        sys.stdout.write(data.decode("utf-8"))
+        sys.stdout.flush()
+        return
+    view = memoryview(data)
+    while view:
+        written = os.write(_result_fd, view)
+        view = view[written:]
+
+
 def emit(obj: Dict[str, Any]) -> None:
     """Write ``obj`` as one line of JSON on stdout (non-finite floats become null); once only."""
     global _emitted
     if _emitted:
         raise RuntimeError("emit() called twice: a profiler prints exactly one JSON object")
     _emitted = True
-    data = (json.dumps(_finite(obj), allow_nan=False, sort_keys=True) + "\n").encode("utf-8")
-    if _result_fd is None:
-        sys.stdout.write(data.decode("utf-8"))
-        sys.stdout.flush()
-        return
-    view = memoryview(data)
-    while view:
-        written = os.write(_result_fd, view)
-        view = view[written:]
+    _write_line(obj)
 
 
 def emit_line(obj: Dict[str, Any]) -> None:
     """Write one JSON line of a batch (see :func:`run_batch`); the summary goes through :func:`emit`."""
     if _emitted:
         raise RuntimeError("emit_line() after emit(): the summary line is the last one")
-    data = (json.dumps(_finite(obj), allow_nan=False, sort_keys=True) + "\n").encode("utf-8")
-    if _result_fd is None:
-        sys.stdout.write(data.decode("utf-8"))
-        sys.stdout.flush()
-        return
-    view = memoryview(data)
-    while view:
-        written = os.write(_result_fd, view)
-        view = view[written:]
+    _write_line(obj)
 
 
 def run_batch(args: Any, profile_one: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:

@@ -343,10 +343,12 @@ def test_search_emulated_pi4(built_board: dict[str, Any], sshd: Any, fashion_dir
                     "--data", str(data), "--stages", "prune", "--episodes", "2", "--warmup", "1",
                     "--finetune-epochs", "0", "--val-images", "100", "--test-images", "100",
                     "--latency-budget", "0.9x", "--out", str(tmp_path / "art"), "--run-dir", str(tmp_path / "run"),
-                    "--cache", str(tmp_path / "c.sqlite")], tmp_path, timeout=1200)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+                    "--cache", str(tmp_path / "c.sqlite"), "--allow-over-budget"], tmp_path, timeout=1200)
     seconds = time.monotonic() - t0
+    assert (tmp_path / "art" / "manifest.json").is_file(), (res.stdout + res.stderr)[-4000:]
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    # emulated timings decide nothing: the exit code only has to agree with the final verdict
+    assert res.returncode == (0 if manifest["budget_met"] else 3), (res.stdout + res.stderr)[-4000:]
     assert manifest["target"]["name"] == "raspberry-pi-4"
     assert manifest["target"]["connection"]["python"] == v["wrapper"]
     assert (tmp_path / "art" / "model.tflite").is_file()

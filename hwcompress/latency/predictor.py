@@ -99,21 +99,28 @@ class TablePredictor:
 
     def fit(self, counts: Sequence[Mapping[int, int]], measured_ms: Sequence[float],
             precisions: Sequence[Mapping[str, str] | None] | None = None) -> None:
-        """Least squares of measured on table sum; one point keeps beta = 1 and fits alpha."""
+        """``measured = alpha + beta * table sum`` fitted by :func:`theil_sen` (robust: one measurement
+        slowed by other work on the device does not tilt the line)."""
         if not counts or len(counts) != len(measured_ms):
             raise UsageError("the residual needs at least one full-model measurement (and one per candidate)")
         precs = list(precisions) if precisions is not None else [None] * len(counts)
         x = np.array([self.feature(c, p) for c, p in zip(counts, precs, strict=True)])
         y = np.array(measured_ms, dtype=np.float64)
-        if len(x) >= 2 and float(np.ptp(x)) > 1e-9:
-            beta, alpha = np.polyfit(x, y, 1)
-            self.alpha, self.beta = float(alpha), float(beta)
-        else:
-            self.alpha, self.beta = float(np.mean(y - x)), 1.0
+        self.alpha, self.beta = theil_sen(x, y)
         self.fitted_on = len(x)
 
 
 # --------------------------------------------------------------------------- statistics
+def theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(intercept, slope) of the Theil-Sen line: slope = median of pairwise slopes, intercept =
+    median of ``y - slope * x``; a single point (or equal x) keeps slope 1."""
+    slopes = [(y[j] - y[i]) / (x[j] - x[i]) for i in range(len(x)) for j in range(i + 1, len(x))
+              if abs(x[j] - x[i]) > 1e-12]
+    slope = float(np.median(slopes)) if slopes else 1.0
+    return float(np.median(y - slope * x)), slope
+
+
+
 def ranks(values: Sequence[float]) -> np.ndarray:
     """Ranks 1..n with ties given their average rank."""
     a = np.asarray(values, dtype=np.float64)
@@ -309,8 +316,19 @@ def evaluate(
         t = time.perf_counter()
         if passes < 1:
             raise UsageError(f"passes must be >= 1, got {passes}")
-        measured = measure_batch(paths, target, cache=cache, runner=runner)
-        runs = [measured] + [measure_batch(paths, target, cache=None, runner=runner) for _ in range(passes - 1)]
+        # Each pass measures the candidates in its own random order, so that a burst of load from other
+        # work on the device lands on random candidates, not on the fitting ones (measured together).
+        order_rng = random.Random(seed + 1)
+        runs = []
+        for k in range(passes):
+            order = list(range(len(paths)))
+            order_rng.shuffle(order)
+            got = measure_batch([paths[j] for j in order], target, cache=cache if k == 0 else None, runner=runner)
+            back: list[Measurement | None] = [None] * len(paths)
+            for j, m in zip(order, got, strict=True):
+                back[j] = m
+            runs.append([m for m in back if m is not None])
+        measured = runs[0]
         per_pass = [[m.latency.median_ms for m in r] for r in runs]
         per_pass_p10 = [[m.latency.p10_ms for m in r] for r in runs]
         seconds["measure_candidates"] = time.perf_counter() - t

@@ -6,12 +6,20 @@ each channel count the target's channel multiple allows for the groups that set 
 output channels.  Entries are keyed by :class:`LayerSignature`, so repeated blocks share them.
 All entries go through the target's own profiler in batch mode (:func:`measure_batch`: one
 process, or one SSH command, per 48 entries), locally and over SSH alike, with short timing
-settings (:data:`ENTRY_SETTINGS`), and are stored in the measurement cache under the signature's
-digest: a second build of the same architecture on the same target measures nothing.
+settings (:data:`ENTRY_SETTINGS`) in two passes far apart in time (the lower p10 is kept), and are
+stored in the measurement cache under the signature's digest (the cache key also holds the target's
+settings digest and the profiler version): a second build of the same architecture on the same
+target measures nothing.
 
-When a group allows many counts, the grid is thinned (every k-th count, always the smallest and
-the full width) so that the table stays under ``max_entries``; counts between grid points are
-interpolated (linear in each of input and output channels).
+Precisions: with int8 / fp16 / int4 among the table's precisions each weight unit also gets an
+entry per precision (built as :mod:`hwcompress.quantize` writes that precision), pools and adds an
+int8 entry, and every unit's input and output tensor a Quantize and a Dequantize entry: the cost of
+a precision boundary, which a mixed policy pays wherever an int8 region begins or ends.
+
+When a group allows many counts, the grid is thinned (at most ``cap`` evenly spaced counts per
+group, always the smallest and the full width) so that the fp32 table stays under
+``max_entries``; counts between grid points are interpolated (linear in each of input and output
+channels).
 """
 
 from __future__ import annotations

@@ -244,11 +244,11 @@ def export_with_policy(
     if prune_here:
         from hwcompress.evaluate import torch_threads
         from hwcompress.prune import apply_policy
-        from hwcompress.search.evaluator import recalibrate_bn
+        from hwcompress.search.evaluator import BN_BATCHES, recalibrate_bn
 
         net = apply_policy(net, policy, (1, *splits.input_shape), channel_multiple=tgt.channel_multiple)
         with torch_threads(1):  # the adaptive-BN step every search candidate gets
-            recalibrate_bn(net, splits.train.x, 8)
+            recalibrate_bn(net, splits.train.x, BN_BATCHES)
         if finetune_epochs > 0:
             from hwcompress.finetune import finetune
 

@@ -104,6 +104,9 @@ class StageState:
             self.best, self.best_within = cand, within
 
 
+BN_BATCHES = 8  # training batches the adaptive-BN step runs on a pruned model
+
+
 @dataclass
 class EvalContext:
     """Everything both stages need to score a candidate."""
@@ -116,7 +119,7 @@ class EvalContext:
     log: SearchLog
     score_mode: str = "accuracy"  # accuracy | label-free
     val_limit: int = 2000
-    bn_batches: int = 8
+    bn_batches: int = BN_BATCHES
     penalty: float = 2.0
     size_budget: float | None = None
     memory_budget: float | None = None

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hwcompress.errors import CacheError, ModelError
-from hwcompress.fsutil import atomic_write_text, sha256_file, temp_path_beside
+from hwcompress.fsutil import atomic_write_bytes, atomic_write_text, sha256_file, temp_path_beside
 from hwcompress.paths import cache_dir
 from hwcompress.records import Record
 from hwcompress.zoo import ZOO_NAMES, build_model, is_zoo_name
@@ -391,8 +390,9 @@ SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 SHIPPED_TOLERANCE = 0.003  # a shipped checkpoint must score its recorded test accuracy within this here
 
 
-def _shipped(stem: str, net: nn.Module, splits: DataSplits) -> tuple[TrainResult, Path] | None:
-    """A shipped checkpoint for exactly this model, data, split and recipe (``stem``), checked; else None.
+def _shipped(stem: str, net: nn.Module, splits: DataSplits) -> tuple[TrainResult, Path, dict[str, Any]] | None:
+    """A shipped checkpoint for exactly this model, data, split and recipe (``stem``), checked and loaded
+    into ``net`` (eval mode): (its result, its file, its recorded info); else None.
 
     Checked by the sha256 recorded beside it and by its test accuracy, measured now on these
     splits against the recorded figure: a file that fails either is not used (the model is trained).
@@ -419,7 +419,7 @@ def _shipped(stem: str, net: nn.Module, splits: DataSplits) -> tuple[TrainResult
                     source, test, result.test_accuracy)
         return None
     log.info("using the shipped checkpoint %s (test accuracy %.4f, recorded %.4f)", source, test, result.test_accuracy)
-    return result, source
+    return result, source, info
 
 
 def _models_dir() -> Path:
@@ -492,7 +492,6 @@ def ensure_baseline(
     def build() -> nn.Module:
         return build_for(model, splits)
 
-    build_for(model, splits)  # an unknown spec fails here, before anything is read or trained
     name = model if is_zoo_name(model) else _slug(model)
 
     if checkpoint is not None:
@@ -528,12 +527,9 @@ def ensure_baseline(
                 net = build()
         shipped = None if force else _shipped(stem, net, splits)
         if shipped is not None:
-            result, source = shipped
-            shutil.copyfile(source, tmp := temp_path_beside(pt, ".pt"))
-            os.replace(tmp, pt)
-            atomic_write_text(meta, json.dumps({**(_read_json(source.with_suffix(".json")) or {}), "from": str(source)},
-                                               indent=1))
-            net.eval()
+            result, source, info = shipped
+            atomic_write_bytes(pt, source.read_bytes())
+            atomic_write_text(meta, json.dumps({**info, "from": str(source)}, indent=1))
             return Baseline(net, name, result.test_accuracy, result.val_accuracy, pt, 0.0, True, cfg)
         result = train_model(net, splits, cfg, progress=progress)
         _save_state(net, pt)

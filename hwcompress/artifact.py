@@ -282,14 +282,14 @@ def validate_artifact(art_dir: str | os.PathLike[str], *, threads: int = 1) -> V
 
 # --------------------------------------------------------------------------- export pipeline
 def _layer_records(
-    onnx_fp32: Path, quantized: Path, policy: CompressionPolicy, model: nn.Module | None, effective_tflite: dict[str, str] | None
+    onnx_fp32: Path, quantized: Path, policy: CompressionPolicy, model: nn.Module | None, effective: dict[str, str] | None
 ) -> tuple[LayerRecord, ...]:
     from hwcompress.quantize import layer_precisions, quantizable_layers, resolve_precisions
     from hwcompress.records import LayerRecord
 
     layers = quantizable_layers(onnx_fp32, model)
     asked = resolve_precisions(layers, policy)
-    found = effective_tflite if effective_tflite is not None else layer_precisions(quantized, model)
+    found = effective if effective is not None else layer_precisions(quantized, model)
     return tuple(
         LayerRecord(
             name=layer.name,
@@ -358,15 +358,16 @@ def export_artifact(
     then nothing is written.
     """
     from hwcompress.export import export_onnx
-    from hwcompress.quantize import layer_precisions, quantizable_layers, quantize_onnx, resolve_precisions
+    from hwcompress.profiling.adapters import backend_for
+    from hwcompress.quantize import quantizable_layers, quantize_onnx, resolve_precisions
     from hwcompress.records import Manifest
 
     out = Path(out_dir)
     check_destination(out, force)  # fail before any work
-    is_tflite = target.runtime == "tflite"
+    backend = backend_for(target)
     torch_model = None if isinstance(model, (str, os.PathLike)) else model
-    if is_tflite and torch_model is None:
-        raise ModelError(f"target {target.name} runs TFLite: give the PyTorch model, not an ONNX file")
+    if backend.needs_torch_model and torch_model is None:
+        raise ModelError(f"target {target.name} runs {backend.display_name}: give the PyTorch model, not an ONNX file")
     if calib.x.shape[0] == 0:
         raise ModelError("the calibration split is empty")
     shape = (1, *calib.x.shape[1:])
@@ -390,17 +391,14 @@ def export_artifact(
 
             macs, params = count_macs(torch_model, shape)
 
-        def build(pol: CompressionPolicy, stem: str) -> tuple[Path, Path | None, dict[str, str] | None]:
+        def build(pol: CompressionPolicy, stem: str) -> tuple[Path, Path | None]:
+            """(model.onnx, the device file when it is another file: .tflite converted from the torch model)."""
             q = quantize_onnx(fp32, work / f"{stem}.onnx", pol, calib.x, target, reduce_range=reduce_range)
-            if not is_tflite:
-                return q, None, None
-            from hwcompress.tflite import tflite_layer_precisions, to_tflite
+            if not backend.needs_torch_model:
+                return q, None
+            return q, backend.device_file(torch_model, shape, work / stem, target, pol, calib.x)
 
-            assert torch_model is not None
-            t = to_tflite(torch_model, shape, work / f"{stem}.tflite", pol, calib.x, target=target, threads=target.threads)
-            return q, t, tflite_layer_precisions(t, torch_model)
-
-        q_onnx, q_tflite, tfl_prec = build(policy, "model")
+        q_onnx, q_tflite = build(policy, "model")
         device_file = q_tflite if q_tflite is not None else q_onnx
         # outputs against the float model, on real calibration images
         x_ref = np.ascontiguousarray(calib.x[:reference_images], dtype=np.float32)
@@ -416,25 +414,18 @@ def export_artifact(
 
         n_layers = len(layers)
         if baseline is None:
-            if is_tflite:
-                from hwcompress.quantize import uniform_policy
-                from hwcompress.tflite import to_tflite
-
-                assert torch_model is not None
-                base_file = to_tflite(torch_model, shape, work / "fp32.tflite", uniform_policy("fp32"), calib.x, target=target)
-            else:
-                base_file = fp32
+            base_file = backend.device_file(torch_model, shape, work / "fp32", target, calib_x=calib.x, fp32_onnx=fp32)
             baseline = measure_figures(base_file, target, test, macs=macs, params=params, precisions={"fp32": n_layers},
                                 label=f"fp32{base_file.suffix}", cache=cache, test_limit=test_limit)
-        effective = tfl_prec if tfl_prec is not None else layer_precisions(q_onnx, torch_model)
+        effective = backend.layer_precisions(device_file, torch_model)
         result = measure_figures(device_file, target, test, macs=macs, params=params, precisions=_precision_counts(effective),
-                          label=TFLITE_FILE if is_tflite else ONNX_FILE, cache=cache, test_limit=test_limit)
+                          label=backend.artifact_file, cache=cache, test_limit=test_limit)
         measured_variants: dict[str, ModelFigures] = {}
         for label, pol in (variants or {}).items():
             stem = "variant-" + "".join(c if c.isalnum() else "-" for c in label)
-            v_onnx, v_tflite, v_prec = build(pol, stem)
+            v_onnx, v_tflite = build(pol, stem)
             v_file = v_tflite if v_tflite is not None else v_onnx
-            v_eff = v_prec if v_prec is not None else layer_precisions(v_onnx, torch_model)
+            v_eff = backend.layer_precisions(v_file, torch_model)
             measured_variants[label] = measure_figures(v_file, target, test, macs=macs, params=params,
                                                 precisions=_precision_counts(v_eff), label=label, cache=cache, test_limit=test_limit)
         manifest = Manifest(
@@ -451,7 +442,7 @@ def export_artifact(
             output_tolerances=tolerances,
             min_top1_agreement=max(0.0, min_agree - AGREEMENT_SLACK),
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            layers=_layer_records(fp32, q_onnx, policy, torch_model, tfl_prec),
+            layers=_layer_records(fp32, q_onnx, policy, torch_model, effective),
             variants=measured_variants,
         )
         if accept is not None:

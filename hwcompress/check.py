@@ -49,20 +49,20 @@ small models).  Memory does not scale with machine speed, so it is compared in a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hwcompress.errors import ArtifactError, FileMissingError, UsageError
 from hwcompress.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from hwcompress.judge import ROUND_SETTINGS, bootstrap_ratio, measure_rounds, round_target
 from hwcompress.records import Manifest, Measurement, MeasureSettings, Record, RecordError, Target
 
 if TYPE_CHECKING:
@@ -79,16 +79,6 @@ DEFAULT_BASELINE_ROUNDS = 10
 MIN_ROUNDS = 3
 #: Reference speed outside [1/x, x] of its baseline: warn that the ratio may not carry over.
 REFERENCE_DRIFT = 1.25
-
-#: Per-round timing settings of check and baseline: a short profile per fresh process.  A round
-#: costs ~0.6 s of process start + ORT import and ~0.1 s of timed runs; more timed runs per round
-#: barely narrow the round-to-round spread (which is load, not sampling), more rounds do.
-CHECK_SETTINGS = MeasureSettings(
-    warmup_runs=5, min_runs=20, min_seconds=0.1, max_runs=5000, max_seconds=1.0,
-    max_cv=1.0,  # never re-profile inside a round: the rounds are the repetition
-    max_rounds=1, timeout_s=120.0,
-)
-
 
 # --------------------------------------------------------------------------- records
 @dataclass(frozen=True)
@@ -245,46 +235,6 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------- statistics
-def bootstrap_ratio(
-    current: Sequence[float],
-    baseline: Sequence[float],
-    *,
-    statistic: str = "median",
-    confidence: float = 0.95,
-    resamples: int = 4000,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """``(point, low, high)`` of ``stat(current) / stat(baseline)``; percentile bootstrap.
-
-    Both samples are resampled with replacement, independently (a one-value baseline is held
-    fixed).  ``statistic``: ``median`` or ``mean``.  Deterministic for a given ``seed``.
-    """
-    import numpy as np
-
-    if not current or not baseline:
-        raise ValueError("bootstrap_ratio needs at least one value on each side")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if min(*current, *baseline) <= 0:
-        raise ValueError("bootstrap_ratio needs positive values")
-    if statistic not in ("median", "mean"):
-        raise ValueError(f"statistic must be median or mean, got {statistic!r}")
-    stat: Callable[..., Any] = np.median if statistic == "median" else np.mean
-    c = np.asarray(current, dtype=np.float64)
-    b = np.asarray(baseline, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    c_stats = stat(c[rng.integers(0, c.size, size=(resamples, c.size))], axis=1)
-    if b.size > 1:
-        b_stats = stat(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
-    else:
-        b_stats = np.full(resamples, b[0])
-    ratios = c_stats / b_stats
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
-    point = float(stat(c)) / float(stat(b))
-    return point, float(low), float(high)
-
-
 def latency_verdict(
     current: Sequence[float],
     baseline: Sequence[float],
@@ -390,7 +340,9 @@ def resolve_model(
     (its ``model.tflite`` for tflite targets, else ``model.onnx``; ``manifest.json`` read when present)."""
     path = Path(spec)
     if path.is_dir():
-        name = "model.tflite" if target.runtime == "tflite" else "model.onnx"
+        from hwcompress.profiling.adapters import backend_for
+
+        name = backend_for(target).artifact_file
         model = path / name
         if not model.is_file():
             raise ArtifactError(f"artifact folder {path} has no {name} (for a {target.runtime} target)")
@@ -450,46 +402,6 @@ def load_baseline(path: str | os.PathLike[str]) -> LatencyBaseline | Manifest:
 
 
 # --------------------------------------------------------------------------- measuring
-def round_target(target: Target, settings: MeasureSettings = CHECK_SETTINGS) -> Target:
-    """``target`` with per-round settings: one profile per fresh process, no re-measure inside."""
-    s = dataclasses.replace(settings, max_rounds=1, max_cv=max(settings.max_cv, 1.0),
-                            timeout_s=max(settings.timeout_s, target.measure.timeout_s))
-    return dataclasses.replace(target, measure=s)
-
-
-def measure_rounds(
-    model: Path,
-    target: Target,
-    rounds: int,
-    *,
-    reference: Path | None = None,
-    runner: Runner | None = None,
-    start: int = 0,
-) -> tuple[list[Measurement], list[Measurement]]:
-    """``rounds`` fresh-process profiles of ``model`` (and of ``reference``, interleaved in ABBA
-    order: round i profiles model then reference when ``start + i`` is even, else the reverse).
-    The cache is neither read nor written."""
-    from hwcompress.profiling.measure import measure
-    from hwcompress.profiling.runner import LocalRunner
-
-    runner = runner if runner is not None else LocalRunner()
-    ms: list[Measurement] = []
-    rs: list[Measurement] = []
-    for i in range(rounds):
-        if reference is None:
-            ms.append(measure(model, target, cache=None, runner=runner, force=True))
-            continue
-        if (start + i) % 2 == 0:
-            ms.append(measure(model, target, cache=None, runner=runner, force=True))
-            rs.append(measure(reference, target, cache=None, runner=runner, force=True))
-        else:
-            rs.append(measure(reference, target, cache=None, runner=runner, force=True))
-            ms.append(measure(model, target, cache=None, runner=runner, force=True))
-        log.debug("round %d: model %.3f ms, reference %.3f ms", start + i + 1, ms[-1].latency.median_ms,
-                  rs[-1].latency.median_ms)
-    return ms, rs
-
-
 def _now() -> str:
     from datetime import UTC, datetime
 
@@ -506,7 +418,7 @@ def record_baseline(
     *,
     rounds: int = DEFAULT_BASELINE_ROUNDS,
     reference: ResolvedModel | None = None,
-    settings: MeasureSettings = CHECK_SETTINGS,
+    settings: MeasureSettings = ROUND_SETTINGS,
     runner: Runner | None = None,
     command: str = "",
 ) -> LatencyBaseline:
@@ -557,7 +469,7 @@ class CheckOptions:
     max_rounds: int = 2 * DEFAULT_CHECK_ROUNDS
     confidence: float = 0.95
     seed: int = 0
-    settings: MeasureSettings | None = None  # per-round settings; default: the baseline's, else CHECK_SETTINGS
+    settings: MeasureSettings | None = None  # per-round settings; default: the baseline's, else ROUND_SETTINGS
 
 
 def _comparable(baseline: LatencyBaseline | Manifest, target: Target) -> list[str]:
@@ -609,7 +521,7 @@ def run_check(
         assert baseline.result.measurement is not None
         base_rounds, base_ref = [baseline.result.measurement], []
         base_sha = baseline.result.measurement.model_sha256
-        settings = opts.settings or CHECK_SETTINGS
+        settings = opts.settings or ROUND_SETTINGS
         warns.append("the manifest records no reference measurement, so latency is compared in absolute terms; "
                      "reference mode is more robust (record one with `hwcompress baseline --reference`)")
         if reference is not None:

@@ -639,15 +639,11 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
     if lat:
         out.print(f"final check beside the baseline: {lat['judged_ratio']:.3f}x of it ({lat['judged_ms']:.3f} ms) for a "
                   f"{lat['budget']} budget: {'within' if lat['met'] else 'OVER'}")
-    verdict = getattr(res, "verdict", None) or {}
-    if verdict.get("tries"):
-        refits = len(verdict["tries"]) - 1
-        out.print(f"winner checked before it was kept: {verdict['ms']:.3f} ms ({verdict['ratio']:.3f}x the baseline), "
-                  f"{'within' if verdict['met'] else 'OVER'} the {verdict['need_ms']:.3f} ms candidates are held to"
-                  + (f" ({refits} refit(s) after a check over the need)" if refits else ""))
-    if verdict.get("stage1_refits"):
-        out.print(f"stage 1 pruned further {verdict['stage1_refits']} time(s) after stage 2's winner was judged over the "
-                  "budget (fine-tuned and searched again; stage1.json stage2_refits)")
+    for stage, j in (getattr(res, "winners", None) or {}).items():
+        v = j.verdict
+        how = "beside the baseline" if v.reference_ms else "on fresh profiles"
+        out.print(f"{stage} winner judged {how} before it was kept: {v.describe()}"
+                  + (" (projected onto the predicted region)" if j.how == "projected" else ""))
     out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
     out.print(f"artifact: {res.artifact}\nrun folder: {res.run_dir}")
 

@@ -87,8 +87,9 @@ def baseline(
     """Record a latency/memory baseline (full statistics per round, machine description) for `check`."""
     import dataclasses
 
-    from hwcompress.check import CHECK_SETTINGS, artifact_manifest, record_baseline, write_baseline
+    from hwcompress.check import artifact_manifest, record_baseline, write_baseline
     from hwcompress.errors import UsageError
+    from hwcompress.judge import ROUND_SETTINGS
 
     if min_seconds is not None and min_seconds <= 0:
         raise UsageError("--min-seconds must be > 0")
@@ -96,7 +97,7 @@ def baseline(
     tgt = _load_target(target, manifest.target if manifest else None)
     m = _resolve(model, tgt, input_shape, num_classes)
     ref = _resolve(reference, tgt, input_shape, num_classes) if reference else None
-    settings = CHECK_SETTINGS if min_seconds is None else dataclasses.replace(CHECK_SETTINGS, min_seconds=min_seconds)
+    settings = ROUND_SETTINGS if min_seconds is None else dataclasses.replace(ROUND_SETTINGS, min_seconds=min_seconds)
     b = record_baseline(m, tgt, rounds=rounds, reference=ref, settings=settings, command=_command_line())
     path = write_baseline(b, out_path)
     out.print(_baseline_table(b))
@@ -184,10 +185,10 @@ def check(
     ref = _resolve(ref_spec, tgt, input_shape, num_classes) if ref_spec else None
     settings = None
     if min_seconds is not None:
-        from hwcompress.check import CHECK_SETTINGS
+        from hwcompress.judge import ROUND_SETTINGS
 
         settings = dataclasses.replace(
-            base.target.measure if isinstance(base, LatencyBaseline) else CHECK_SETTINGS, min_seconds=min_seconds
+            base.target.measure if isinstance(base, LatencyBaseline) else ROUND_SETTINGS, min_seconds=min_seconds
         )
     opts = CheckOptions(
         tolerance=tol, memory_tolerance=mem_tol, metric=metric, rounds=rounds,

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from hwcompress.errors import RemoteError
+from hwcompress.profiling.adapters import find_adapter, pip_install_command
 from hwcompress.profiling.runner import MIN_DEVICE_PYTHON, parse_version
 from hwcompress.records import Record, Target
 
@@ -191,34 +192,17 @@ def install_command(runtime: str, python: str = "python3", *, jetpack: str = "",
                     arch: str = "") -> str:
     """The command that installs ``runtime``'s Python package on the device, for its board:
     ``jetpack`` ("4", "5", "6" or ""), ``externally_managed`` (PEP 668: Debian 12 Bookworm,
-    Raspberry Pi OS Bookworm, Ubuntu 23.04+), ``arch`` (``platform.machine()``)."""
-    py = python if python else "python3"
-    if runtime == "tensorrt":
-        if jetpack == "4":
-            return ("TensorRT 8.2 comes with JetPack 4.6; its Python binding and numpy are Debian packages: "
-                    "sudo apt-get install python3-libnvinfer python3-numpy (use the system python3, 3.6.9)")
-        if jetpack:
-            return (f"TensorRT comes with JetPack {jetpack}: sudo apt-get install nvidia-jetpack (or just "
-                    "python3-libnvinfer python3-numpy), with the system python3")
-        pip = f"{py} -m pip install 'tensorrt>=8.5,<12'"
-        if externally_managed:
-            return ("python3 -m venv ~/hwc && ~/hwc/bin/pip install 'tensorrt>=8.5,<12' numpy, then set "
-                    "connection.python = \"~/hwc/bin/python\" (PyPI's tensorrt 8.5-11.x; trt_bench.py supports those "
-                    "and JetPack's 8.2)")
-        return f"{pip}  (PyPI's tensorrt 8.5-11.x; trt_bench.py supports those and JetPack's 8.2)"
-    package = {"tflite": "ai-edge-litert", "onnxruntime": "onnxruntime"}.get(runtime, runtime)
-    if externally_managed:
-        cmd = (f"python3 -m venv ~/hwc && ~/hwc/bin/pip install {package}, then set connection.python = "
-               f"\"~/hwc/bin/python\" (or, into the system Python: {py} -m pip install --break-system-packages "
-               f"{package})")
-    else:
-        cmd = f"{py} -m pip install {package}"
-    if runtime == "tflite":
-        if arch in ("armv7l", "armv6l"):
-            cmd = cmd.replace("ai-edge-litert", "tflite-runtime 'numpy<2'")
-            return cmd + "  (32-bit OS: ai-edge-litert has no armv7 wheels)"
-        return cmd + "  (a device with full TensorFlow needs nothing more: tensorflow.lite is used)"
-    return cmd
+    Raspberry Pi OS Bookworm, Ubuntu 23.04+), ``arch`` (``platform.machine()``); the runtime's
+    adapter words it (:meth:`~hwcompress.profiling.adapters.ProfilerAdapter.install_command`)."""
+    adapter = find_adapter(runtime)
+    if adapter is None:
+        return pip_install_command(runtime, python, externally_managed=externally_managed)
+    return adapter.install_command(python, jetpack=jetpack, externally_managed=externally_managed, arch=arch)
+
+
+def _needs_cuda(runtime: str) -> bool:
+    adapter = find_adapter(runtime)
+    return adapter is not None and adapter.needs_cuda
 
 
 def numpy_command(python: str = "python3", *, jetpack: str = "", externally_managed: bool = False) -> str:
@@ -321,11 +305,12 @@ def check_device(target: Target, *, trust_new_host: bool = False) -> DeviceRepor
     elif parse_version(str(data.get("numpy"))) < MIN_NUMPY:
         problems.append(f"numpy {data.get('numpy')} is too old; the profilers need >= {'.'.join(map(str, MIN_NUMPY))}")
         fixes.append(numpy_command(python, jetpack=jetpack, externally_managed=managed))
-    if target.runtime == "tensorrt" and not data.get("cudart"):
+    needs_cuda = _needs_cuda(target.runtime)
+    if needs_cuda and not data.get("cudart"):
         problems.append("the CUDA runtime library (libcudart) is not found")
         fixes.append("install the CUDA toolkit (on a Jetson: sudo apt-get install nvidia-jetpack) and make sure "
                      "libcudart.so is on the library path")
-    elif target.runtime == "tensorrt" and not data.get("cuda_devices"):
+    elif needs_cuda and not data.get("cuda_devices"):
         problems.append("no CUDA device is visible (cudaGetDeviceCount failed or found none)")
         fixes.append("check the NVIDIA driver with nvidia-smi (on a Jetson: sudo tegrastats) and that the user may "
                      "use the GPU (group video)")
@@ -392,7 +377,7 @@ def format_report(report: DeviceReport) -> str:
     ]
     if report.tegra_release and report.gpu:
         rows.insert(6, ("jetpack", report.tegra_release))
-    if report.runtime == "tensorrt":
+    if _needs_cuda(report.runtime):
         rows.insert(6, ("cuda", f"runtime {report.cuda_runtime}" if report.cuda_runtime else "-"))
     if report.externally_managed:
         rows.insert(2, ("pip", "externally managed Python (PEP 668): install into a venv, see the fixes"))

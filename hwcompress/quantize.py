@@ -208,15 +208,19 @@ class QuantOptions:
 
     @classmethod
     def for_target(cls, target: Target, *, reduce_range: bool | None = None) -> QuantOptions:
-        """Defaults per runtime; ``reduce_range=None`` detects it (local x86 without VNNI -> True)."""
-        if target.runtime == "tensorrt":
-            return cls(activation="int8", symmetric_activations=True, reduce_range=bool(reduce_range))
+        """Defaults per runtime (its backend's ``quant_defaults``); ``reduce_range=None`` detects it
+        (local x86 without VNNI -> True) where the backend does (``detect_reduce_range``), else False."""
+        from hwcompress.profiling.adapters import backend_for
+
+        backend = backend_for(target)
         if reduce_range is None:
-            if target.connection.kind == "local":
+            if not backend.detect_reduce_range:
+                reduce_range = False
+            elif target.connection.kind == "local":
                 reduce_range = _is_x86() and not has_vnni()
             else:  # unknown remote CPU: 7-bit weights are safe everywhere, at ~no accuracy cost
                 reduce_range = True
-        return cls(reduce_range=reduce_range)
+        return cls(reduce_range=reduce_range, **backend.quant_defaults)
 
 
 # --------------------------------------------------------------------------- quantize

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hwcompress.errors import TargetError
+from hwcompress.profiling.adapters import backend_for, runtime_names
 from hwcompress.records import PRECISIONS, Connection, RecordError, Target
 
-RUNTIMES: tuple[str, ...] = ("onnxruntime", "tflite", "tensorrt")
 CONNECTIONS: tuple[str, ...] = ("local", "ssh")
 DEFAULT_TARGET = "x86-cpu"
 
@@ -70,8 +70,8 @@ def _check_semantics(t: Target, source: str) -> None:
     def bad(key: str, expected: str, got: object) -> TargetError:
         return TargetError(f"{source}: key {key}: expected {expected}, got {got!r}")
 
-    if t.runtime not in RUNTIMES:
-        raise bad("runtime", " | ".join(RUNTIMES), t.runtime)
+    if t.runtime not in runtime_names():  # the runtimes with a registered backend
+        raise bad("runtime", " | ".join(runtime_names()), t.runtime)
     if t.connection.kind not in CONNECTIONS:
         raise bad("connection.kind", " | ".join(CONNECTIONS), t.connection.kind)
     if t.threads < 1:
@@ -130,6 +130,6 @@ def with_connection(target: Target, **overrides: Any) -> Target:
     if not clean:
         return target
     conn = dataclasses.replace(target.connection, **clean)
-    if "host" in clean and conn.kind == "local" and target.runtime != "onnxruntime":
+    if "host" in clean and conn.kind == "local" and backend_for(target).remote_by_default:
         conn = dataclasses.replace(conn, kind="ssh")
     return dataclasses.replace(target, connection=conn)

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
+import pytest
+
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
 
@@ -42,7 +44,7 @@ BASE = bc.Baseline(
 
 
 def row(method: str, acc: float, ms: float, *, budget: str = "0.5x", budget_ms: float = 1.0,
-        precisions: dict[str, str] | None = None, file_bytes: int = 1_000_000) -> object:
+        precisions: dict[str, str] | None = None, file_bytes: int = 1_000_000) -> Any:
     layers = precisions or {"conv1": "fp32", "conv2": "fp32"}
     counts: dict[str, int] = {}
     for p in layers.values():
@@ -156,11 +158,116 @@ def test_budget_fraction_parsing() -> None:
     assert bc._fraction("0.5x") == 0.5 and bc._fraction("any") is None and bc._fraction("0.2x") == 0.2
 
 
-def test_quiet_round_is_the_fastest_round() -> None:
-    assert bc._quiet([0.68, 0.49, 0.66], [0.75, 0.55, 0.70]) == (0.49, 0.55)
+def _verdict(model_ms: list[float], ref_ms: list[float], limit: float) -> dict[str, Any]:
+    from hwcompress.judge import decide
+
+    return decide(model_ms, ref_ms, limit).to_dict()
 
 
-def test_baseline_is_saved_beside_its_precision_copies_not_over_them(tmp_path: Path, fmnist_small: Any) -> None:
+def test_met_is_the_judges_verdict_not_a_reading() -> None:
+    fast_reading = row(bc.UNIFORM, 0.9100, 0.95)  # one reading under the 1.0 ms budget ...
+    assert fast_reading.met
+    fast_reading.verdict = _verdict([1.1, 1.2, 1.1, 1.15], [2.0, 2.0, 2.0, 2.0], 0.5)  # ... judged 0.56x: over
+    assert not fast_reading.met and not fast_reading.meets("0.5x", 1.0)
+    meas = row(bc.MEASURED, 0.9000, 0.98)
+    # the uniform row is not "within budget" for the comparison any more: no other method met it
+    assert bc._best_other([meas, fast_reading], meas) is None
+    free = row(bc.INT8, 0.9190, 1.04, budget="any", budget_ms=0.0)  # its reading is over 1.0 ms, its verdict within
+    free.extra["verdicts"] = {"0.5x": _verdict([0.9, 0.95, 0.9, 0.92], [2.0, 2.0, 2.0, 2.0], 0.5)}
+    assert free.meets("0.5x", 1.0) and bc._best_other([meas, fast_reading, free], meas) is free
+    md = bc.table(BASE, [meas, fast_reading, free]).splitlines()
+    assert md[4].split("|")[9].strip() == "**NO**" and md[5].split("|")[9].strip() == "0.5x"
+
+
+def test_undecided_verdict_is_marked_in_the_table() -> None:
+    r = row(bc.MEASURED, 0.9190, 0.95)
+    r.verdict = _verdict([0.40, 0.60, 0.45, 0.55], [1.0] * 4, 0.5)
+    assert not r.verdict["decided"] and r.met
+    assert bc.table(BASE, [r]).splitlines()[3].split("|")[9].strip() == "yes (undecided)"
+
+
+def test_place_row_reports_the_judged_ratio_times_the_baseline() -> None:
+    r = row(bc.UNIFORM, 0.91, 0.95)  # p90 = 1.05 x its median
+    r.extra.update(first_ms=0.95, first_p90_ms=0.95 * 1.05)
+    r.verdict = _verdict([1.0, 1.1, 0.9, 1.0], [2.5] * 4, 0.5)  # 0.4x
+    bc.place_row(r, 2.0)
+    assert r.latency_ms == pytest.approx(0.8) and r.budget_ms == pytest.approx(1.0) and r.met
+    assert r.p90_ms == pytest.approx(0.8 * 1.05) and r.extra["budget_ms_at_start"] == 1.0
+    headline = row(bc.HEADLINE, 0.91, 0.95, budget="3ms", budget_ms=3.0)
+    headline.verdict = _verdict([2.0, 2.2, 2.1, 2.05], [], 3.0)  # an absolute budget: judged in ms, no reference
+    bc.place_row(headline, 2.0)
+    assert headline.latency_ms == pytest.approx(2.075) and headline.budget_ms == 3.0 and headline.met
+
+
+def _convnet_onnx(path: Path, width: int) -> Path:
+    """8 -> width -> width 3x3 convolutions on 32x32: halving ``width`` makes it ~4x cheaper."""
+    import torch
+    from torch import nn
+
+    from hwcompress.export import export_onnx
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    return export_onnx(net, (1, 8, 32, 32), path)
+
+
+def test_rows_are_judged_beside_the_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real profiles, no search: a row whose artifact is ~4x cheaper than the baseline is judged within 0.5x and
+    over 0.1x by hwcompress.judge, a budget-free row against every budget on the same pairs, and the baseline's
+    precision ratio is the median of its per-pair ratios."""
+    import argparse
+    import dataclasses
+    import shutil
+    import statistics
+
+    import hwcompress.artifact
+    from hwcompress.targets import load_target
+
+    target = load_target("x86-cpu")
+    target = dataclasses.replace(target, measure=dataclasses.replace(  # the pairs are the repetition
+        target.measure, min_seconds=0.1, max_seconds=1.0, max_cv=1.0, max_rounds=1))
+    d = tmp_path / "tiny"
+    _convnet_onnx(d / "baseline.onnx", 64)  # the fp32 baseline: every row's reference
+    cheap = _convnet_onnx(tmp_path / "cheap.onnx", 32)
+    shutil.copy(cheap, d / "baseline-int8.onnx")  # a "precision copy" ~4x faster than fp32
+    rows = []
+    for budget, method in (("0.5x", bc.UNIFORM), ("0.1x", bc.GLOBAL), ("any", bc.INT8)):
+        art = tmp_path / f"{budget}-{method}"
+        art.mkdir()
+        shutil.copy(cheap, art / "model.onnx")
+        (art / "manifest.json").write_text("{}")
+        r = row(method, 0.9, 5.0, budget=budget, budget_ms=0.0 if budget == "any" else 1.0)  # stale readings
+        r.artifact = str(art)
+        rows.append(r)
+    monkeypatch.setattr(hwcompress.artifact, "read_manifest", lambda art: SimpleNamespace(
+        result=SimpleNamespace(file="model.onnx")))
+    bench = object.__new__(bc.Bench)
+    bench.args = argparse.Namespace(rounds=3)
+    bench.work, bench.target = tmp_path, target
+    base = bc.Baseline("tiny", 0.92, 9.0, 9.9, 0, 1, 1, 1, {"fp32": 1.0, "int8": 1.0})
+    base = bench.remeasure("tiny", base, rows)
+
+    assert 0 < base.latency_ms < 9.0 and base.p90_ms == pytest.approx(base.latency_ms * 1.1)
+    assert len(base.ratio_rounds["int8"]) == 3 and base.precision_ratio["int8"] < 0.6
+    assert base.precision_ratio["int8"] == pytest.approx(statistics.median(base.ratio_rounds["int8"]))
+    within, over, free = rows
+    for r, limit, met in ((within, 0.5, True), (over, 0.1, False)):
+        assert r.verdict is not None and r.verdict["limit"] == limit and r.verdict["within"] is met and r.met is met
+        assert len(r.verdict["model_ms"]) == len(r.verdict["reference_ms"]) == 3  # --rounds 3: min = max pairs
+        assert r.latency_ms == pytest.approx(r.verdict["ratio"] * base.latency_ms)
+        assert r.budget_ms == pytest.approx(limit * base.latency_ms) and r.extra["first_ms"] == 5.0
+    assert free.verdict is None and free.extra["verdicts"]["0.5x"]["within"]
+    assert not free.extra["verdicts"]["0.1x"]["within"] and free.meets("0.5x", within.budget_ms)
+    assert free.latency_ms == pytest.approx(free.extra["ratio"] * base.latency_ms)
+    lines = bc.table(base, rows).splitlines()
+    assert [line.split("|")[9].strip() for line in lines[3:]] == ["yes", "**NO**", "0.5x"]
+    assert "over 3 pairs" in bc.findings("tiny", base, rows)[0]
+
+
+def test_baseline_is_saved_beside_its_precision_copies_not_over_them(
+    tmp_path: Path, fmnist_small: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Real quantization and profiles of a small convnet: the baseline's JSON lands in rows/, every precision copy
     stays a loadable ONNX model, and a second call reads the saved baseline instead of measuring again (a loop
     variable once shadowed the JSON's path: the JSON overwrote baseline-int4.onnx and was never saved)."""
@@ -184,6 +291,7 @@ def test_baseline_is_saved_beside_its_precision_copies_not_over_them(tmp_path: P
     bench.cache = None
     bench._bases = {"tiny": SimpleNamespace(model=model)}
     (tmp_path / "rows").mkdir()
+    monkeypatch.setattr(bc, "BASELINE_ROUNDS", 2)  # 2 ABBA pairs per precision copy: what is tested is the files
     base = bench.baseline("tiny")
     saved = tmp_path / "rows" / "tiny-baseline.json"
     assert saved.exists() and json.loads(saved.read_text())["latency_ms"] == base.latency_ms
@@ -192,5 +300,7 @@ def test_baseline_is_saved_beside_its_precision_copies_not_over_them(tmp_path: P
     for copy in copies:
         onnx.checker.check_model(onnx.load(str(copy)))
     assert set(base.precision_ratio) == set(bench.target.precisions)
+    for prec, pairs in base.ratio_rounds.items():  # each precision's ratio: the median of its per-pair ratios
+        assert len(pairs) == 2 and base.precision_ratio[prec] == pytest.approx(sum(pairs) / 2)
     bench.target = None  # a second call must not measure: it reads the saved row
     assert bench.baseline("tiny") == base

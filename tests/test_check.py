@@ -23,7 +23,6 @@ from hwcompress.check import (
     MetricVerdict,
     ResolvedModel,
     artifact_manifest,
-    bootstrap_ratio,
     junit_xml,
     latency_verdict,
     load_baseline,
@@ -38,6 +37,7 @@ from hwcompress.check import (
 )
 from hwcompress.errors import ArtifactError, FileMissingError, UsageError
 from hwcompress.fsutil import sha256_file
+from hwcompress.judge import bootstrap_ratio
 from hwcompress.profiling.adapters import get_adapter
 from hwcompress.records import (
     CompressionPolicy,

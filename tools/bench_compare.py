@@ -15,8 +15,16 @@ On VGG-small a ``hwcompress headline`` row adds the seed paper's goal: latency 0
 (with --headline-finetune-epochs, default 3: it is not part of the same-budget comparison).
 
 Every row is an artifact written by the export writer, measured on the target (median, p90, peak
-memory) and scored on the test set in its runtime.  Rows are saved one by one under --work
-(rows/*.json): a run that is stopped continues where it was with the same command; --fresh redoes.
+memory) and scored on the test set in its runtime.  Whether a row meets its budget is decided at
+the end by the judge (:mod:`hwcompress.judge`, the rule the search and ``hwcompress check`` use):
+fresh profiles of the row's artifact in ABBA pairs with the fp32 baseline, the median of per-pair
+ratios with a 95 % bootstrap interval against the budget's fraction, pairs added (up to
+``--rounds``) until the interval is on one side of it.  A row's reported latency is that ratio
+times the baseline's latency (the median of the baseline's profiles in those pairs) and its budget
+the fraction times the same latency; the "met" column is the judge's verdict.
+
+Rows are saved one by one under --work (rows/*.json): a run that is stopped continues where it was
+with the same command; --fresh redoes.
 Output: results.md (tables, goals, findings), pareto-<model>.png, policy-<model>.png, rows.json.
 
     .venv/bin/python tools/bench_compare.py               # 3 models x budgets 0.3/0.5/0.7 (hours on 2 cores)
@@ -32,6 +40,7 @@ import io
 import json
 import logging
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from hwcompress.fsutil import atomic_write_bytes, atomic_write_text
+from hwcompress.judge import MAX_PAIRS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +67,7 @@ SLUG = {
     INT8: "int8",
     HEADLINE: "headline",
 }
-BASELINE_ROUNDS = 5  # fresh profiles of each model's baseline (and its precision copies) before the rows
+BASELINE_ROUNDS = 5  # fresh pairs of each model's baseline with each of its precision copies, before the rows
 
 # what a bit-ops count (HAQ) takes each precision to cost relative to fp32 (weight bits x activation bits)
 BITOPS_RATIO = {"fp32": 1.0, "fp16": 16 * 16 / 1024, "int8": 8 * 8 / 1024, "int4": 4 * 8 / 1024}
@@ -79,8 +89,8 @@ class Figures:
 
 @dataclass
 class Baseline(Figures):
-    precision_ratio: dict[str, float]  # measured latency of the unpruned model at each precision / fp32
-    ratio_rounds: dict[str, list[float]] = field(default_factory=dict)  # per side-by-side round
+    precision_ratio: dict[str, float]  # the unpruned model at each precision / fp32: median of per-pair ratios
+    ratio_rounds: dict[str, list[float]] = field(default_factory=dict)  # per ABBA pair with the fp32 model
 
 
 @dataclass
@@ -97,10 +107,24 @@ class Row(Figures):
     artifact: str = ""
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    verdict: dict[str, Any] | None = None  # hwcompress.judge.Verdict.to_dict() of the side-by-side judgement
 
     @property
     def met(self) -> bool:
+        """The judge's verdict where the row was judged side by side; else its first reading against the budget."""
+        if self.verdict is not None:
+            return bool(self.verdict["within"])
         return self.latency_ms <= self.budget_ms
+
+    def meets(self, budget: str, budget_ms: float) -> bool:
+        """Within ``budget`` ("0.5x"): a row's own budget, or for a budget-free row (all-int8) any budget it
+        was judged against (``extra['verdicts']``); a first reading against ``budget_ms`` where none was."""
+        if budget == self.budget and self.budget_ms > 0:
+            return self.met
+        judged = self.extra.get("verdicts", {}).get(budget)
+        if judged is not None:
+            return bool(judged["within"])
+        return self.latency_ms <= budget_ms
 
 
 # --------------------------------------------------------------------------- context
@@ -167,57 +191,48 @@ class Bench:
 
     # ------------------------------------------------------------------ side by side
     def remeasure(self, model: str, base: Baseline, rows: list[Row]) -> Baseline:
-        """Measure the baseline and every row's artifact again, interleaved, ``--rounds`` times.
+        """Judge every row's artifact against the fp32 baseline, side by side, at the end (:mod:`hwcompress.judge`).
 
         Rows are made minutes or hours apart; a machine that is busier at one moment than at another
-        would otherwise decide the comparison.  Each round profiles every model once, in turn (a fresh
-        profiler process each, no cache).
-        A figure is the fastest round's median (see ``_quiet``); the per-round medians are kept in
-        ``extra['rounds_ms']``, the first measurement in ``extra['first_ms']``.  Returns the re-measured
-        baseline; a row's budget (a fraction) is judged against it.
+        would otherwise decide the comparison.  Each precision copy of the baseline is profiled in
+        ``--rounds`` ABBA pairs with the fp32 model (``precision_ratio``: the median of per-pair
+        ratios); each row is judged (:func:`judge_row`, at most ``--rounds`` pairs).  The baseline's
+        latency becomes the median of all its profiles in those pairs, and each row's latency its
+        judged ratio times it (:func:`place_row`); a row's first measurement is kept in
+        ``extra['first_ms']``.  Returns the re-measured baseline.
         """
         from hwcompress.artifact import read_manifest
-        from hwcompress.profiling.measure import measure
+        from hwcompress.judge import measure_rounds
 
-        rounds = self.args.rounds
-        if rounds <= 0:
+        pairs = self.args.rounds
+        if pairs <= 0:
             return base
-        paths = [self.work / model / "baseline.onnx"]
+        ref = self.work / model / "baseline.onnx"
         precs = [p for p in base.precision_ratio if p != "fp32" and (self.work / model / f"baseline-{p}.onnx").exists()]
-        paths += [self.work / model / f"baseline-{p}.onnx" for p in precs]
-        live = []
-        for r in rows:
+        live = [r for r in rows if r.artifact and (Path(r.artifact) / "manifest.json").exists()]
+        print(f"[{time.strftime('%H:%M:%S')}] {model}: judging {len(live)} rows and {len(precs)} precision copies "
+              f"beside the baseline, up to {pairs} ABBA pairs each", flush=True)
+        ref_ms: list[float] = []
+        for prec in precs:
+            ms, rs = measure_rounds(self.work / model / f"baseline-{prec}.onnx", self.target, pairs, reference=ref)
+            ref_ms += [m.latency.median_ms for m in rs]
+            base.ratio_rounds[prec] = _pair_ratios(ms, rs)
+            base.precision_ratio[prec] = statistics.median(base.ratio_rounds[prec])
+        fractions = {r.budget: f for r in rows
+                     if r.method != HEADLINE and r.budget_ms > 0 and (f := _fraction(r.budget)) is not None}
+        for r in live:
             art = Path(r.artifact)
-            if r.artifact and (art / "manifest.json").exists():
-                paths.append(art / read_manifest(art).result.file)
-                live.append(r)
-        med: list[list[float]] = [[] for _ in paths]
-        p90: list[list[float]] = [[] for _ in paths]
-        print(f"[{time.strftime('%H:%M:%S')}] {model}: re-measuring {len(paths)} models side by side, "
-              f"{rounds} rounds", flush=True)
-        for _ in range(rounds):
-            for i, path in enumerate(paths):
-                m = measure(path, self.target, cache=None)
-                med[i].append(m.latency.median_ms)
-                p90[i].append(m.latency.p90_ms)
-        n0 = 1 + len(precs)
-        for i, prec in enumerate(precs, start=1):
-            base.ratio_rounds[prec] = [a / b for a, b in zip(med[i], med[0], strict=True)]
-            # fastest over fastest, each side's quiet state: the rule rows are judged by, and the search's
-            base.precision_ratio[prec] = min(med[i]) / min(med[0])
+            ref_ms += judge_row(r, art / read_manifest(art).result.file, ref, self.target, fractions, max_pairs=pairs)
         first = base.latency_ms
-        base.latency_ms, base.p90_ms = _quiet(med[0], p90[0])
-        for r, ms, p in zip(live, med[n0:], p90[n0:], strict=True):
-            r.extra.setdefault("first_ms", r.latency_ms)
-            r.extra["rounds_ms"] = ms
-            r.extra["ratio_rounds"] = [a / b for a, b in zip(ms, med[0], strict=True)]
-            r.latency_ms, r.p90_ms = _quiet(ms, p)
-            frac = _fraction(r.budget)
-            if frac is not None:  # the machine drifts: a budget of 0.5x is judged against the baseline of the same rounds
-                r.extra.setdefault("budget_ms_at_start", r.budget_ms)
-                r.budget_ms = frac * base.latency_ms
+        if ref_ms:
+            spread = base.p90_ms / base.latency_ms
+            base.latency_ms = statistics.median(ref_ms)
+            base.p90_ms = base.latency_ms * spread
+        for r in live:
+            place_row(r, base.latency_ms)
         print(f"  baseline {first:.3f} -> {base.latency_ms:.3f} ms; "
-              + "; ".join(f"{r.method} {r.extra['first_ms']:.3f} -> {r.latency_ms:.3f}" for r in live), flush=True)
+              + "; ".join(f"{r.method} {r.budget} {r.extra['first_ms']:.3f} -> {r.latency_ms:.3f} "
+                          f"({'met' if r.meets(r.budget, r.budget_ms) else 'over'})" for r in live), flush=True)
         return base
 
     # ------------------------------------------------------------------ the baseline
@@ -227,8 +242,8 @@ class Bench:
             return Baseline(**json.loads(path.read_text()))
         from hwcompress.artifact import measure_figures
         from hwcompress.export import export_onnx
+        from hwcompress.judge import measure_rounds
         from hwcompress.macs import count_macs
-        from hwcompress.profiling.measure import measure
         from hwcompress.quantize import quantize_onnx, uniform_policy
 
         base = self.trained(model)
@@ -254,17 +269,23 @@ class Bench:
                 copies[prec] = quantize_onnx(
                     fp32, d / f"baseline-{prec}.onnx", uniform_policy(prec), self.splits.calib.x, self.target
                 )
-        # The budgets every method is fitted to are fractions of this latency: the quiet state, the fastest of
-        # BASELINE_ROUNDS fresh profiles (seen: one profile of ResNet-20's baseline at 0.774 ms, 0.50 ms quiet,
-        # which left uniform and global pruning fitted to budgets 55 % loose), each precision copy beside it.
-        rounds: dict[str, list[Any]] = {p: [] for p in copies}
-        for _ in range(BASELINE_ROUNDS):
-            for prec, copy in copies.items():  # not `path`: that is where this baseline is saved
-                rounds[prec].append(measure(copy, self.target, cache=None))
-        fastest = {p: min(ms, key=lambda m: m.latency.median_ms) for p, ms in rounds.items()}
-        quiet = fastest["fp32"]
-        ratios = {p: m.latency.median_ms / quiet.latency.median_ms for p, m in fastest.items()}
-        print(f"  {model} baseline: fastest of {BASELINE_ROUNDS} profiles {quiet.latency.median_ms:.3f} ms "
+        # The budgets every method is fitted to are fractions of this latency: the quiet state, the fastest of the
+        # fp32 model's fresh profiles (seen: one profile of ResNet-20's baseline at 0.774 ms, 0.50 ms quiet, which
+        # left uniform and global pruning fitted to budgets 55 % loose).  Each precision copy is profiled in
+        # BASELINE_ROUNDS ABBA pairs beside it; its ratio is the median of the per-pair ratios (the judge's rule).
+        fp32_rounds: list[Any] = []
+        ratios: dict[str, float] = {"fp32": 1.0}
+        ratio_rounds: dict[str, list[float]] = {}
+        others = [p for p in copies if p != "fp32"]
+        if not others:
+            fp32_rounds, _ = measure_rounds(fp32, self.target, BASELINE_ROUNDS)
+        for prec in others:
+            ms, rs = measure_rounds(copies[prec], self.target, BASELINE_ROUNDS, reference=fp32)
+            fp32_rounds += rs
+            ratio_rounds[prec] = _pair_ratios(ms, rs)
+            ratios[prec] = statistics.median(ratio_rounds[prec])
+        quiet = min(fp32_rounds, key=lambda m: m.latency.median_ms)
+        print(f"  {model} baseline: fastest of {len(fp32_rounds)} profiles {quiet.latency.median_ms:.3f} ms "
               f"(first {fig.measurement.latency.median_ms:.3f}); "
               + ", ".join(f"{p} {r:.2f}x" for p, r in ratios.items() if p != "fp32"), flush=True)
         b = Baseline(
@@ -277,6 +298,7 @@ class Bench:
             macs,
             params,
             ratios,
+            ratio_rounds,
         )
         atomic_write_text(path, json.dumps(asdict(b), indent=2))
         return b
@@ -345,8 +367,9 @@ class Bench:
                 else ""
             ),
             "finetune_epochs": cfg.finetune_epochs,
-            "stage1_budget": s1.get("stage1_budget"),
+            "stage1_precision": s1.get("precision"),
             "stage1_best_ms": _median(s1.get("best")),
+            "stage1_judged": [j["verdict"]["ratio"] for j in s1.get("judged", [])],
             "latency_model_within": list(res.latency_model_within),
             "budget_ms_resolved": res.budget_ms,
             "size_budget": size,
@@ -437,15 +460,79 @@ def _fraction(budget: str) -> float | None:
         return None
 
 
-def _quiet(medians: list[float], p90s: list[float]) -> tuple[float, float]:
-    """(median, p90) of the round with the lowest median: the machine's quiet state.
+def _pair_ratios(ms: list[Any], rs: list[Any]) -> list[float]:
+    """model / reference median of each ABBA pair of :func:`hwcompress.judge.measure_rounds`."""
+    return [m.latency.median_ms / r.latency.median_ms for m, r in zip(ms, rs, strict=True)]
 
-    This shared machine switches between states for seconds to minutes (the same file measured
-    0.49 and 0.68 ms in consecutive rounds); every model gets the same chances to be measured in the
-    quiet one, so the fastest round is the comparable figure, as ``timeit`` advises.
+
+def judge_row(
+    row: Row,
+    model: Path,
+    reference: Path,
+    target: Any,
+    fractions: dict[str, float],
+    *,
+    max_pairs: int,
+    min_pairs: int | None = None,
+    runner: Any = None,
+) -> list[float]:
+    """Judge ``row``'s ``model`` on ``target`` by :mod:`hwcompress.judge`; returns ``reference``'s round medians (ms).
+
+    A row with a budget: ``judge(model, target, limit=<fraction>, reference=reference)`` (an absolute
+    budget, ``3ms``: ``limit`` in ms and no reference); the :class:`~hwcompress.judge.Verdict` goes to
+    ``row.verdict``.  A budget-free row (all-int8) is judged against every budget of ``fractions``
+    ({"0.5x": 0.5}) on the same pairs, added while any verdict is undecided (``extra['verdicts']``).
+    Latencies are set by :func:`place_row` once the baseline's latency is known.
     """
-    i = min(range(len(medians)), key=medians.__getitem__)
-    return medians[i], p90s[i]
+    from hwcompress.errors import UsageError
+    from hwcompress.judge import MIN_PAIRS, decide, judge, measure_rounds
+    from hwcompress.search.budget import parse_budget
+
+    lo = min(MIN_PAIRS if min_pairs is None else min_pairs, max_pairs)
+    row.extra.setdefault("first_ms", row.latency_ms)
+    row.extra.setdefault("first_p90_ms", row.p90_ms)
+    try:
+        spec = parse_budget(row.budget, "budget") if row.budget_ms > 0 else None
+    except UsageError:
+        spec = None
+    if spec is not None:
+        relative = spec.ratio is not None
+        limit = spec.ratio if spec.ratio is not None else float(spec.absolute or 0.0)
+        v = judge(model, target, limit, reference=reference if relative else None, min_pairs=lo,
+                  max_pairs=max_pairs, runner=runner)
+        row.verdict = v.to_dict()
+        return list(v.reference_ms)
+    ms, rs = measure_rounds(model, target, lo, reference=reference, runner=runner)
+    while True:
+        m_ms, r_ms = [m.latency.median_ms for m in ms], [r.latency.median_ms for r in rs]
+        verdicts = {b: decide(m_ms, r_ms, f) for b, f in sorted(fractions.items())}
+        if all(v.decided for v in verdicts.values()) or len(ms) >= max_pairs:
+            break
+        m2, r2 = measure_rounds(model, target, 1, reference=reference, runner=runner, start=len(ms))
+        ms, rs = ms + m2, rs + r2
+    row.extra["verdicts"] = {b: v.to_dict() for b, v in verdicts.items()}
+    row.extra["ratio"] = statistics.median(_pair_ratios(ms, rs))
+    row.extra["rounds_ms"], row.extra["reference_rounds_ms"] = m_ms, r_ms
+    return r_ms
+
+
+def place_row(row: Row, base_ms: float) -> None:
+    """A judged row's figures: latency = judged ratio x the baseline's ``base_ms`` (the judged ms for an
+    absolute budget); its budget in ms at the same baseline; p90 at the row's own p90/median spread."""
+    v = row.verdict
+    if v is not None and not v["reference_ms"]:  # an absolute budget: the verdict is in ms
+        row.latency_ms, row.budget_ms = float(v["ratio"]), float(v["limit"])
+    elif v is not None:
+        row.latency_ms = float(v["ratio"]) * base_ms
+        row.extra.setdefault("budget_ms_at_start", row.budget_ms)
+        row.budget_ms = float(v["limit"]) * base_ms
+    elif "ratio" in row.extra:
+        row.latency_ms = float(row.extra["ratio"]) * base_ms
+    else:
+        return
+    first, first_p90 = row.extra.get("first_ms"), row.extra.get("first_p90_ms")
+    if first and first_p90:
+        row.p90_ms = row.latency_ms * float(first_p90) / float(first)
 
 
 def _median(cand: dict[str, Any] | None) -> float | None:
@@ -456,11 +543,12 @@ def _median(cand: dict[str, Any] | None) -> float | None:
 
 # --------------------------------------------------------------------------- findings
 def _best_other(rows: list[Row], meas: Row) -> Row | None:
-    """The most accurate other method that is within hwcompress's budget on measured latency."""
+    """The most accurate other method within hwcompress's budget on measured latency (judged: :meth:`Row.meets`)."""
     within = [
         r
         for r in rows
-        if r.budget in (meas.budget, "any") and r.method not in (MEASURED, HEADLINE) and r.latency_ms <= meas.budget_ms
+        if r.budget in (meas.budget, "any") and r.method not in (MEASURED, HEADLINE)
+        and r.meets(meas.budget, meas.budget_ms)
     ]
     return max(within, key=lambda r: r.accuracy, default=None)
 
@@ -499,7 +587,7 @@ def findings(model: str, base: Baseline, rows: list[Row]) -> list[str]:
     order = sorted(ratio, key=lambda p: ratio[p])
     def spread(p: str) -> str:
         v = base.ratio_rounds.get(p)
-        return f", {min(v):.2f}-{max(v):.2f}x over {len(v)} rounds" if v else ""
+        return f", {min(v):.2f}-{max(v):.2f}x over {len(v)} pairs" if v else ""
 
     shown = ", ".join(f"{p} {ratio[p]:.2f}x ({'reference' if p == 'fp32' else f'bit-ops {BITOPS_RATIO.get(p, 1):.3f}x'}"
                       f"{spread(p)})" for p in order)
@@ -572,6 +660,9 @@ def findings(model: str, base: Baseline, rows: list[Row]) -> list[str]:
 
 # --------------------------------------------------------------------------- output
 def table(base: Baseline, rows: list[Row]) -> str:
+    """One model's rows.  Where rows were judged side by side (``--rounds``), "lat ms" is the judged ratio
+    (median of per-pair ratios to the baseline) x the baseline's latency, and "met" the judge's verdict
+    ("(undecided)": its interval still held the budget after ``--rounds`` pairs; the median decided)."""
     head = (
         "| budget | method | acc % | Δ pt | lat ms (median) | p90 ms | speed-up | budget ms | met | peak MiB | "
         "file KiB | compression | MMACs | precisions | search s | fine-tune s |"
@@ -585,8 +676,10 @@ def table(base: Baseline, rows: list[Row]) -> str:
     for r in rows:
         if r.budget_ms > 0:
             met = "yes" if r.met else "**NO**"
+            if r.verdict is not None and not r.verdict["decided"]:
+                met += " (undecided)"
         else:  # a budget-free row (all-int8): which budgets it meets
-            met = ", ".join(b for b, ms in budgets if r.latency_ms <= ms) or "none"
+            met = ", ".join(b for b, ms in budgets if r.meets(b, ms)) or "none"
         prec = " ".join(f"{k}:{v}" for k, v in sorted(r.precisions.items()))
         lines.append(
             f"| {r.budget} | {r.method} | {r.accuracy * 100:.2f} | {(r.accuracy - base.accuracy) * 100:+.2f} | "
@@ -678,10 +771,15 @@ def write_outputs(
         f"every trained method: {args.finetune_epochs} epoch(s) of distillation fine-tuning. Budgets are fractions "
         f"of the baseline's latency. Latency = median of the target's profiler "
         f"(ONNX Runtime, 1 thread)"
-        + (f", re-measured at the end for every model side by side, {args.rounds} interleaved rounds, the fastest "
-           "round's median (the machine's quiet state); budgets are judged against the baseline of those same rounds (this shared machine "
-           "drifts by tens of percent over minutes; ratios measured side by side do not)" if args.rounds > 0
-           else "; budgets are fractions of the baseline as measured at the start")
+        + (f". At the end every row is judged by `hwcompress.judge` (the rule of the search and `hwcompress check`): "
+           f"fresh profiles of its artifact in ABBA pairs with the fp32 baseline, the median of the per-pair ratios "
+           f"with a 95 % bootstrap interval against the budget's fraction, pairs added (at most {args.rounds}) until "
+           "the interval lies on one side of it; 'met' is that verdict, and a row's 'lat ms' is its judged ratio x "
+           "the baseline's latency (the median of the baseline's profiles in those pairs; p90 at the row's own "
+           "p90/median spread). Per-precision ratios of the baseline are medians of per-pair ratios too (this "
+           "shared machine drifts by tens of percent over minutes; ratios measured side by side do not)"
+           if args.rounds > 0
+           else "; budgets are fractions of the baseline as measured at the start, each row's first measurement")
         + f"; 'compression' = fp32 ONNX bytes / artifact bytes. Wall time of this invocation: {wall_s / 60:.0f} min "
         f"(rows saved by an earlier invocation are not redone; their search and fine-tune seconds are in the table).\n",
         f"Reproduce: `.venv/bin/python tools/bench_compare.py {' '.join(sys.argv[1:])}`\n",
@@ -744,8 +842,10 @@ def main() -> None:
     ap.add_argument(
         "--rounds",
         type=int,
-        default=9,
-        help="at the end, re-measure every model side by side this many rounds (0: keep first measurements)",
+        default=MAX_PAIRS,
+        help="at the end, judge every row against the baseline (hwcompress.judge) in at most this many ABBA "
+        "pairs (the judge's max pairs; it stops earlier once decided), and profile each precision copy of the "
+        "baseline in this many pairs (0: keep first measurements)",
     )
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-compare")
     ap.add_argument("--fresh", action="store_true", help="redo rows already saved under --work")

@@ -40,18 +40,11 @@ def _loopback_server(root: Path) -> Any:
     return module.SshServer(root).start()
 
 
-def _convert(model: Any, runtime: str, path: Path) -> Path:
-    if runtime == "tflite":
-        import numpy as np
+def _convert(model: Any, target: Any, path: Path) -> Path:
+    """The fp32 file the target's runtime runs (.tflite or .onnx), from its backend."""
+    from hwcompress.profiling.adapters import backend_for
 
-        from hwcompress.records import CompressionPolicy
-        from hwcompress.tflite import to_tflite
-
-        return to_tflite(model, (1, 1, 28, 28), path.with_suffix(".tflite"), CompressionPolicy(),
-                         np.zeros((1, 1, 28, 28), np.float32))
-    from hwcompress.export import export_onnx
-
-    return export_onnx(model, (1, 1, 28, 28), path.with_suffix(".onnx"))
+    return backend_for(target).device_file(model, (1, 1, 28, 28), path, target)
 
 
 def _perturb(model: Any, i: int) -> None:
@@ -86,7 +79,7 @@ def bench(models: list[str], runtimes: list[str], candidates: int, base_target: 
                 for i in range(candidates):
                     _perturb(model, i)
                     t0 = time.perf_counter()
-                    path = _convert(model, runtime, work / f"{name}-{where}-{i}")
+                    path = _convert(model, target, work / f"{name}-{where}-{i}")
                     t1 = time.perf_counter()
                     before = dict(remote.stats.seconds)
                     m = measure(path, target, runner=runner)

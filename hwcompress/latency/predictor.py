@@ -180,7 +180,7 @@ def random_precisions(analysis: Analysis, precisions: Sequence[str], rng: random
 def _macs_model(analysis: Analysis, baseline: Measurement) -> Any:
     """Today's MACs-based latency model of the search (hwcompress.search.latency_model)."""
     from hwcompress.search.latency_model import LatencyModel
-    from hwcompress.search.run import cost_model, layer_times_ms
+    from hwcompress.search.layers import cost_model, layer_times_ms
 
     times = layer_times_ms(analysis.rows, baseline, analysis.onnx_path)
     return LatencyModel(cost_model(analysis.groups, analysis.rows, times), baseline.latency.median_ms)

@@ -1,5 +1,9 @@
-"""Profiler adapters for the device runtimes: LiteRT (``tflite_bench.py``) and TensorRT
-(``trt_bench.py``).  Importing this module registers both in the adapter registry.
+"""Profiler adapters (backends) for the device runtimes: LiteRT (``tflite_bench.py``) and
+TensorRT (``trt_bench.py``).  Importing this module registers both in the adapter registry.
+
+The device file of a TFLite target is converted from the PyTorch model with the policy
+(:func:`hwcompress.tflite.to_tflite`); a TensorRT target runs the quantized ONNX file, with
+the policy beside it as a precision sidecar.
 
 TensorRT takes the candidate's per-layer precisions from a sidecar next to the ONNX file,
 ``<model>.precisions.json`` (:func:`precision_sidecar`), holding a CompressionPolicy's
@@ -11,11 +15,18 @@ passed inline on the command line, so a remote run needs no extra upload.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
-from hwcompress.errors import PolicyError, TargetError
-from hwcompress.profiling.adapters import ProfilerAdapter, register_adapter
-from hwcompress.records import Target
+from hwcompress.errors import ModelError, PolicyError, TargetError
+from hwcompress.profiling.adapters import ProfilerAdapter, _calib, pip_install_command, register_adapter
+from hwcompress.records import CompressionPolicy, Target
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
 
 TRT_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
@@ -31,9 +42,42 @@ class TfliteAdapter(ProfilerAdapter):
     runtime = "tflite"
     script = "tflite_bench.py"
     model_suffixes = (".tflite",)
+    display_name = "TFLite"
+    needs_torch_model = True
+    pip_package = "ai-edge-litert"
 
     def runtime_args(self, target: Target) -> list[str]:
         return ["--xnnpack" if target.options.xnnpack else "--no-xnnpack"]
+
+    def device_file(
+        self, model: nn.Module | None, shape: tuple[int, ...], stem: Path, target: Target,
+        policy: CompressionPolicy | None = None, calib_x: np.ndarray | None = None, *, fp32_onnx: Path | None = None,
+    ) -> Path:
+        """``stem.tflite`` converted from the PyTorch ``model`` with ``policy`` (fp32 when None);
+        ``fp32_onnx`` is not used."""
+        from hwcompress.quantize import uniform_policy
+        from hwcompress.tflite import to_tflite
+
+        if model is None:
+            raise ModelError(f"target {target.name} runs TFLite: give the PyTorch model, not an ONNX file")
+        pol = policy or uniform_policy("fp32")
+        return to_tflite(model, shape, stem.with_suffix(".tflite"), pol, _calib(calib_x, shape), target=target,
+                         threads=target.threads)
+
+    def layer_precisions(self, path: Path, model: nn.Module | None = None) -> dict[str, str]:
+        from hwcompress.tflite import tflite_layer_precisions
+
+        if model is None:
+            raise ModelError(f"{path.name}: the layer precisions of a .tflite file need the PyTorch model")
+        return tflite_layer_precisions(path, model)
+
+    def install_command(self, python: str = "python3", *, jetpack: str = "", externally_managed: bool = False,
+                        arch: str = "") -> str:
+        cmd = pip_install_command(self.pip_package, python, externally_managed=externally_managed)
+        if arch in ("armv7l", "armv6l"):
+            cmd = cmd.replace("ai-edge-litert", "tflite-runtime 'numpy<2'")
+            return cmd + "  (32-bit OS: ai-edge-litert has no armv7 wheels)"
+        return cmd + "  (a device with full TensorFlow needs nothing more: tensorflow.lite is used)"
 
 
 class TrtAdapter(ProfilerAdapter):
@@ -43,6 +87,41 @@ class TrtAdapter(ProfilerAdapter):
     script = "trt_bench.py"
     model_suffixes = (".onnx",)
     supports_batch = False  # batch mode not supported for this runtime: one engine build per model
+    display_name = "TensorRT"
+    needs_cuda = True
+    pip_package = "tensorrt"
+    #: symmetric int8 activations (TensorRT's explicit quantization); full-range weights unless asked
+    quant_defaults: Mapping[str, Any] = MappingProxyType({"activation": "int8", "symmetric_activations": True})
+    detect_reduce_range = False
+
+    def device_file(
+        self, model: nn.Module | None, shape: tuple[int, ...], stem: Path, target: Target,
+        policy: CompressionPolicy | None = None, calib_x: np.ndarray | None = None, *, fp32_onnx: Path | None = None,
+    ) -> Path:
+        """The ONNX file of :meth:`ProfilerAdapter.device_file`; with ``policy``, also its precision
+        sidecar (per-layer precision constraints for the engine builder)."""
+        path = super().device_file(model, shape, stem, target, policy, calib_x, fp32_onnx=fp32_onnx)
+        if policy is not None:
+            from hwcompress.fsutil import atomic_write_text
+
+            atomic_write_text(precision_sidecar(path), policy.to_json())
+        return path
+
+    def install_command(self, python: str = "python3", *, jetpack: str = "", externally_managed: bool = False,
+                        arch: str = "") -> str:
+        py = python if python else "python3"
+        if jetpack == "4":
+            return ("TensorRT 8.2 comes with JetPack 4.6; its Python binding and numpy are Debian packages: "
+                    "sudo apt-get install python3-libnvinfer python3-numpy (use the system python3, 3.6.9)")
+        if jetpack:
+            return (f"TensorRT comes with JetPack {jetpack}: sudo apt-get install nvidia-jetpack (or just "
+                    "python3-libnvinfer python3-numpy), with the system python3")
+        pip = f"{py} -m pip install 'tensorrt>=8.5,<12'"
+        if externally_managed:
+            return ("python3 -m venv ~/hwc && ~/hwc/bin/pip install 'tensorrt>=8.5,<12' numpy, then set "
+                    "connection.python = \"~/hwc/bin/python\" (PyPI's tensorrt 8.5-11.x; trt_bench.py supports those "
+                    "and JetPack's 8.2)")
+        return f"{pip}  (PyPI's tensorrt 8.5-11.x; trt_bench.py supports those and JetPack's 8.2)"
 
     def runtime_args(self, target: Target) -> list[str]:
         opt = target.options

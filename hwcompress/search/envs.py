@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from hwcompress.records import CompressionPolicy
-from hwcompress.search.latency_model import LatencyModel
+from hwcompress.search.region import Region, keep_choices
 
 KIND_CODES = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 OBS_FEATURES = (
@@ -149,10 +149,12 @@ class _LayerwiseEnv(gym.Env[np.ndarray, np.ndarray], abc.ABC):
 
 
 class PruneEnv(_LayerwiseEnv):
-    """Stage 1: action -> keep ratio in [lower_bound, 1], rounded to the channel multiple.
+    """Stage 1: action -> keep ratio in [lower_bound, 1], one of the ratios the region offers.
 
-    With a latency model and a budget, an action wall (AMC) caps each keep ratio so that the
-    predicted latency, with every later group at the lower bound, stays within the budget.
+    The region (:mod:`hwcompress.search.region`) offers each group's keep ratios (counts on the
+    channel multiple; on a measured table only the fast ones) and predicts a candidate's cost.
+    With a finite ``region.limit``, an action wall as in AMC: each keep ratio is capped so that the
+    prediction, with every later group at its smallest choice, stays within the limit.
     """
 
     def __init__(
@@ -160,71 +162,55 @@ class PruneEnv(_LayerwiseEnv):
         layers: list[StepLayer],
         evaluate: Callable[[CompressionPolicy], EpisodeOutcome],
         *,
+        region: Region | None = None,
         lower_bound: float = 0.2,
         channel_multiple: int = 1,
-        latency_model: LatencyModel | None = None,
-        budget_ms: float | None = None,
-        max_keep: float = 1.0,
     ) -> None:
         super().__init__(layers, evaluate)
-        if not 0.0 < lower_bound <= max_keep <= 1.0:
-            raise ValueError("need 0 < lower_bound <= max_keep <= 1")
+        if not 0.0 < lower_bound <= 1.0:
+            raise ValueError("need 0 < lower_bound <= 1")
         self.lower_bound = lower_bound
-        self.max_keep = max_keep
-        self.multiple = max(1, channel_multiple)
-        self.latency_model = latency_model
-        self.budget_ms = budget_ms
+        self.region = region
+        self._own = [keep_choices(max(la.channels, 1), channel_multiple, lower_bound) for la in layers]
         self.keep = np.ones(len(layers))
+        self.walled = 0  # groups the wall capped in the last episode
 
-    def _choices(self, i: int) -> np.ndarray:
-        """Achievable keep ratios of group ``i`` (kept channel counts on the multiple), ascending."""
-        c = max(self.layers[i].channels, 1)
-        m = min(self.multiple, c)
-        counts = np.arange(m, c + 1, m)
-        if counts[-1] != c:
-            counts = np.append(counts, c)
-        ratios = counts / c
-        lo = max(self.lower_bound - 1e-9, ratios[0])
-        ok = ratios[(ratios >= min(lo, ratios[-1])) & (ratios <= self.max_keep + 1e-9)]
-        if ok.size == 0:
-            ok = ratios[:1]
-        return np.asarray(ok, dtype=np.float64)
-
-    def _round(self, i: int, ratio: float) -> float:
-        choices = self._choices(i)
-        return float(choices[np.argmin(np.abs(choices - ratio))])
+    def choices(self, i: int) -> np.ndarray:
+        """Keep ratios offered to group ``i``, ascending."""
+        return self.region.choices(i) if self.region is not None else self._own[i]
 
     def _begin_episode(self) -> None:
         self.keep = np.ones(len(self.layers))
         self.walled = 0
 
     def wall(self, i: int) -> float:
-        """Largest keep ratio for group ``i`` whose predicted latency (later groups at the minimum) fits the budget."""
-        if self.latency_model is None or self.budget_ms is None:
+        """Largest choice for group ``i`` whose prediction (later groups at their smallest) fits the limit."""
+        region = self.region
+        if region is None or not np.isfinite(region.limit):
             return 1.0
         trial = self.keep.copy()
         for j in range(i + 1, len(self.layers)):
-            trial[j] = self._choices(j)[0]
-        best = self._choices(i)[0]
-        for r in self._choices(i):
+            trial[j] = self.choices(j)[0]
+        best = float(self.choices(i)[0])
+        for r in self.choices(i):
             trial[i] = r
-            if self.latency_model.predict(trial) <= self.budget_ms:
+            if region.predict(trial) <= region.limit:
                 best = float(r)
         return best
 
     def _apply(self, a: float) -> tuple[float, float]:
         i = self.t
-        ratio = self.lower_bound + (a + 1.0) / 2.0 * (self.max_keep - self.lower_bound)
+        ratio = self.lower_bound + (a + 1.0) / 2.0 * (1.0 - self.lower_bound)
         cap = self.wall(i)
-        if ratio > cap:
+        if ratio > cap + 1e-9:
             ratio = cap
             self.walled += 1
-        ratio = self._round(i, ratio)
-        if ratio > cap + 1e-9:  # rounding went over the wall: take the next lower choice
-            below = self._choices(i)[self._choices(i) <= cap + 1e-9]
-            ratio = float(below[-1]) if below.size else float(self._choices(i)[0])
+        ch = self.choices(i)
+        allowed = ch[ch <= cap + 1e-9]
+        allowed = allowed if allowed.size else ch[:1]
+        ratio = float(allowed[np.argmin(np.abs(allowed - ratio))])
         self.keep[i] = ratio
-        span = self.max_keep - self.lower_bound
+        span = 1.0 - self.lower_bound
         effective = 2.0 * (ratio - self.lower_bound) / span - 1.0 if span > 0 else 1.0
         return float(np.clip(effective, -1.0, 1.0)), 1.0 - ratio
 
@@ -240,9 +226,10 @@ class QuantEnv(_LayerwiseEnv):
     ordered slowest to fastest, so that a larger action is a faster layer *on this target* — on a
     CPU without VNNI int4 weight-only sits at the slow end, whatever its bit width.
 
-    With ``layer_ms`` (each layer's measured share of the fp32 latency) and ``budget_ms``, an
-    action wall as in HAQ: when the episode's policy is predicted over budget, layers are moved to
-    the fastest precision, largest predicted saving first, until the prediction fits.
+    With ``predict`` (a policy's predicted latency, ms, from its per-layer precisions: the measured
+    table with its precision boundaries, or per-layer times x measured precision ratios) and
+    ``budget_ms``, an action wall as in HAQ: when the episode's policy is predicted over budget,
+    layers are moved to the fastest precision, largest predicted saving first, until it fits.
     """
 
     def __init__(
@@ -253,7 +240,7 @@ class QuantEnv(_LayerwiseEnv):
         precisions: tuple[str, ...],
         base_keep: dict[str, float] | None = None,
         speed: dict[str, float] | None = None,
-        layer_ms: list[float] | None = None,
+        predict: Callable[[list[str]], float] | None = None,
         budget_ms: float | None = None,
     ) -> None:
         super().__init__(layers, evaluate)
@@ -265,36 +252,36 @@ class QuantEnv(_LayerwiseEnv):
         if not self.precisions:
             raise ValueError("no precisions to choose from")
         self.speed = dict(speed or {})
-        self.layer_ms = list(layer_ms) if layer_ms is not None else None
+        self.predict = predict
         self.budget_ms = budget_ms
-        if self.layer_ms is not None and len(self.layer_ms) != len(layers):
-            raise ValueError("layer_ms needs one time per layer")
         self.base_keep = dict(base_keep or {})
         self.choice: list[str] = []
         self.walled = 0  # layers the wall moved in the last episode
 
     def predicted_ms(self, choice: list[str]) -> float | None:
-        """Sum of each layer's fp32 time x its precision's measured ratio (None without measurements)."""
-        if self.layer_ms is None or not self.speed:
-            return None
-        return float(sum(t * self.speed.get(p, 1.0) for t, p in zip(self.layer_ms, choice, strict=True)))
+        """The policy's predicted latency (None without a predictor)."""
+        return self.predict(list(choice)) if self.predict is not None else None
 
     def _wall(self) -> None:
         self.walled = 0
         predicted = self.predicted_ms(self.choice)
-        if predicted is None or self.budget_ms is None or self.layer_ms is None:
+        if predicted is None or self.budget_ms is None:
             return
         fastest = min(self.precisions, key=lambda p: self.speed.get(p, 1.0))
         while predicted > self.budget_ms:
-            savings = [(t * (self.speed.get(p, 1.0) - self.speed.get(fastest, 1.0)), i)
-                       for i, (t, p) in enumerate(zip(self.layer_ms, self.choice, strict=True)) if p != fastest]
-            if not savings:
+            best: tuple[float, int] | None = None
+            for i, p in enumerate(self.choice):
+                if p == fastest:
+                    continue
+                trial = [*self.choice[:i], fastest, *self.choice[i + 1:]]
+                after = self.predicted_ms(trial)
+                assert after is not None
+                if best is None or after < best[0]:
+                    best = (after, i)
+            if best is None or best[0] >= predicted:
                 break
-            gain, i = max(savings)
-            if gain <= 0:
-                break
+            predicted, i = best
             self.choice[i] = fastest
-            predicted -= gain
             self.walled += 1
 
     def _begin_episode(self) -> None:

@@ -22,7 +22,7 @@ from hwcompress.errors import HwcompressError
 from hwcompress.fsutil import sha256_file
 from hwcompress.records import Candidate, CompressionPolicy, Measurement, Target
 from hwcompress.search.envs import EpisodeOutcome
-from hwcompress.search.latency_model import LatencyModel
+from hwcompress.search.region import Region
 from hwcompress.search.reward import FAILED_REWARD, Costs, accuracy_within_budget, within_budget
 
 if TYPE_CHECKING:
@@ -160,17 +160,11 @@ def device_file(
     model: nn.Module, shape: tuple[int, ...], stem: Path, target: Target, policy: CompressionPolicy | None = None,
     calib_x: np.ndarray | None = None,
 ) -> Path:
-    """The file the target's runtime runs: .tflite for TFLite targets, ONNX otherwise (fp32 unless ``policy``)."""
-    if target.runtime == "tflite":
-        from hwcompress.quantize import uniform_policy
-        from hwcompress.tflite import to_tflite
+    """The file the target's runtime runs: .tflite for TFLite targets, ONNX otherwise (fp32 unless ``policy``);
+    see :meth:`hwcompress.profiling.adapters.ProfilerAdapter.device_file`."""
+    from hwcompress.profiling.adapters import backend_for
 
-        pol = policy or uniform_policy("fp32")
-        x = calib_x if calib_x is not None else np.zeros((1, *shape[1:]), np.float32)
-        return to_tflite(model, shape, stem.with_suffix(".tflite"), pol, x, target=target, threads=target.threads)
-    from hwcompress.export import export_onnx
-
-    return export_onnx(model, shape, stem.with_suffix(".onnx"))
+    return backend_for(target).device_file(model, shape, stem, target, policy, calib_x)
 
 
 def runtime_accuracy(path: Path, split: Split, threads: int) -> float:
@@ -200,9 +194,11 @@ class PruneEvaluator:
         budget_ms: float,
         budget_macs: float,
         base_macs: int,
-        latency_model: LatencyModel | None,
+        region: Region | None,
         group_index: dict[str, int],
         size_budget: float | None = None,
+        precision: str = "fp32",
+        calib_x: np.ndarray | None = None,
         on_candidate: Callable[[Candidate, bool], None] | None = None,
     ) -> None:
         self.ctx = ctx
@@ -212,7 +208,9 @@ class PruneEvaluator:
         self.budget_ms = budget_ms
         self.budget_macs = budget_macs
         self.base_macs = base_macs
-        self.latency_model = latency_model
+        self.region = region
+        self.precision = precision  # candidates are measured in this precision (stage 2 starts from it)
+        self.calib_x = calib_x
         self.group_index = group_index
         self.state = StageState("prune")
         self.on_candidate = on_candidate
@@ -231,6 +229,13 @@ class PruneEvaluator:
         pruned = apply_policy(self.model, policy, self.ctx.input_shape, channel_multiple=self.ctx.target.channel_multiple)
         recalibrate_bn(pruned, self.ctx.splits.train.x, self.ctx.bn_batches)
         return pruned
+
+    def measured_file(self, pruned: nn.Module, stem: Path) -> Path:
+        """The file a candidate is measured as: the device's format, every weight layer at ``precision``."""
+        from hwcompress.quantize import uniform_policy
+
+        policy = None if self.precision == "fp32" else uniform_policy(self.precision)
+        return device_file(pruned, self.ctx.input_shape, stem, self.ctx.target, policy, self.calib_x)
 
     def score(self, pruned: nn.Module) -> float:
         if self.ctx.score_mode == "label-free":
@@ -259,7 +264,7 @@ class PruneEvaluator:
         t0 = time.perf_counter()
         from hwcompress.macs import count_macs
 
-        predicted = self.latency_model.predict(self.keep_vector(policy)) if self.latency_model else None
+        predicted = self.region.predict(self.keep_vector(policy)) if self.region is not None else None
         extra: dict[str, Any] = {"predicted_ms": predicted}
         try:
             pruned = self.build(policy)
@@ -269,7 +274,7 @@ class PruneEvaluator:
             if self.cost == "measured":
                 from hwcompress.profiling.measure import measure
 
-                onnx_path = device_file(pruned, self.ctx.input_shape, self.ctx.workdir / f"prune-{key}", self.ctx.target)
+                onnx_path = self.measured_file(pruned, self.ctx.workdir / f"prune-{key}")
                 measurement = measure(onnx_path, self.ctx.target, cache=self.ctx.cache)
             else:  # proxy mode: the file is written for the record, not measured
                 from hwcompress.export import export_onnx
@@ -286,8 +291,8 @@ class PruneEvaluator:
                     memory=float(measurement.peak_memory_bytes),
                     memory_budget=self.ctx.memory_budget,
                 )
-                if self.latency_model is not None:
-                    err = self.latency_model.observe(self.keep_vector(policy), measurement.latency.median_ms)
+                if self.region is not None:
+                    err = self.region.observe(self.keep_vector(policy), measurement.latency.median_ms)
                     extra["latency_model_error"] = err
             else:  # flops proxy: MACs against the same fraction of the baseline's MACs
                 costs = Costs(latency=float(macs), latency_budget=self.budget_macs,
@@ -326,10 +331,10 @@ class PruneEvaluator:
         return cand.macs <= self.budget_macs
 
     def restore(self, records: list[dict[str, Any]]) -> None:
-        """Refill the table of seen candidates (and the latency model) from ``search.jsonl``."""
+        """Refill the table of seen candidates (and the region's fit) from ``search.jsonl``."""
         for cand in self.state.restore(records):
-            if self.latency_model is not None and cand.measurement is not None:
-                self.latency_model.observe(self.keep_vector(cand.policy), cand.measurement.latency.median_ms)
+            if self.region is not None and cand.measurement is not None:
+                self.region.observe(self.keep_vector(cand.policy), cand.measurement.latency.median_ms)
             self.episode = max(self.episode, cand.episode)
 
 
@@ -391,18 +396,12 @@ class QuantEvaluator:
         extra: dict[str, Any] = {}
         try:
             stem = self.ctx.workdir / f"quant-{key}"
-            if self.ctx.target.runtime == "tflite":
-                assert self.model is not None
-                q_path = device_file(self.model, self.ctx.input_shape, stem, self.ctx.target, policy, self.calib_x)
-            else:
-                from hwcompress.quantize import quantize_onnx
+            from hwcompress.profiling.adapters import backend_for
 
-                q_path = quantize_onnx(self.fp32_onnx, stem.with_suffix(".onnx"), policy, self.calib_x, self.ctx.target)
-                if self.ctx.target.runtime == "tensorrt":  # per-layer precision constraints for the engine builder
-                    from hwcompress.fsutil import atomic_write_text
-                    from hwcompress.profiling.runtimes import precision_sidecar
-
-                    atomic_write_text(precision_sidecar(q_path), policy.to_json())
+            # .tflite converted from the torch model, or the fp32 ONNX quantized (+ TensorRT's precision sidecar)
+            q_path = backend_for(self.ctx.target).device_file(
+                self.model, self.ctx.input_shape, stem, self.ctx.target, policy, self.calib_x, fp32_onnx=self.fp32_onnx,
+            )
             size = float(q_path.stat().st_size)
             measurement: Measurement | None = None
             if self.cost == "measured":

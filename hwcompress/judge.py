@@ -1,0 +1,193 @@
+"""One rule for "is this model within its latency limit on the device": the judge.
+
+Every latency decision that matters — a search's stage winners, its final verdict, ``hwcompress
+check`` in CI and ``tools/bench_compare.py``'s budget column — is taken from fresh profiles of the
+model taken *in pairs* with a reference (the unpruned baseline, or the reference model of a
+latency baseline), in ABBA order, each profile a fresh process (:func:`measure_rounds`).  A pair's
+ratio shares the machine's state of its few seconds, so a slow spell that lasts a pair cancels
+out.  The median of the per-pair ratios, with a 95 % percentile-bootstrap interval
+(:func:`bootstrap_ratio`), is compared with the limit:
+
+- pairs are added (``min_pairs`` .. ``max_pairs``) while the interval still straddles the limit;
+- the median decides: ``within`` iff ratio <= limit.  ``decided`` says whether the interval lay on
+  one side of it (else the answer is the best the pairs allow, and the record says so).
+
+``hwcompress check`` fails a build only on a *significant* slowdown past its tolerance (interval's
+low end past a quarter of the tolerance, :func:`hwcompress.check.latency_verdict`): a model the
+judge calls within a limit is never failed by check at that limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hwcompress.records import MeasureSettings, Record
+
+if TYPE_CHECKING:
+    from hwcompress.profiling.runner import Runner
+    from hwcompress.records import Measurement, Target
+
+log = logging.getLogger(__name__)
+
+MIN_PAIRS = 4
+MAX_PAIRS = 10
+CONFIDENCE = 0.95
+
+#: Per-round timing settings of every judged profile (the search's verdicts, ``check``, ``baseline``):
+#: a short profile per fresh process.  A round costs ~0.6 s of process start + ORT import and ~0.1 s
+#: of timed runs; more timed runs per round barely narrow the round-to-round spread (which is load,
+#: not sampling), more rounds do.
+ROUND_SETTINGS = MeasureSettings(
+    warmup_runs=5, min_runs=20, min_seconds=0.1, max_runs=5000, max_seconds=1.0,
+    max_cv=1.0,  # never re-profile inside a round: the rounds are the repetition
+    max_rounds=1, timeout_s=120.0,
+)
+
+
+def round_target(target: Target, settings: MeasureSettings = ROUND_SETTINGS) -> Target:
+    """``target`` with per-round settings: one profile per fresh process, no re-measure inside."""
+    s = dataclasses.replace(settings, max_rounds=1, max_cv=max(settings.max_cv, 1.0),
+                            timeout_s=max(settings.timeout_s, target.measure.timeout_s))
+    return dataclasses.replace(target, measure=s)
+
+
+def bootstrap_ratio(
+    current: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    statistic: str = "median",
+    confidence: float = CONFIDENCE,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(point, low, high)`` of ``stat(current) / stat(baseline)``; percentile bootstrap.
+
+    Both samples are resampled with replacement, independently (a one-value baseline is held
+    fixed).  ``statistic``: ``median`` or ``mean``.  Deterministic for a given ``seed``.
+    """
+    import numpy as np
+
+    if not current or not baseline:
+        raise ValueError("bootstrap_ratio needs at least one value on each side")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if min(*current, *baseline) <= 0:
+        raise ValueError("bootstrap_ratio needs positive values")
+    if statistic not in ("median", "mean"):
+        raise ValueError(f"statistic must be median or mean, got {statistic!r}")
+    stat: Callable[..., Any] = np.median if statistic == "median" else np.mean
+    c = np.asarray(current, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    c_stats = stat(c[rng.integers(0, c.size, size=(resamples, c.size))], axis=1)
+    if b.size > 1:
+        b_stats = stat(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
+    else:
+        b_stats = np.full(resamples, b[0])
+    ratios = c_stats / b_stats
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    point = float(stat(c)) / float(stat(b))
+    return point, float(low), float(high)
+
+
+def measure_rounds(
+    model: Path,
+    target: Target,
+    rounds: int,
+    *,
+    reference: Path | None = None,
+    runner: Runner | None = None,
+    start: int = 0,
+) -> tuple[list[Measurement], list[Measurement]]:
+    """``rounds`` fresh-process profiles of ``model`` (and of ``reference``, interleaved in ABBA
+    order: round i profiles model then reference when ``start + i`` is even, else the reverse).
+    The cache is neither read nor written."""
+    from hwcompress.profiling.measure import measure
+
+    def one(path: Path) -> Measurement:
+        return measure(path, target, cache=None, runner=runner, force=True)
+
+    ms: list[Measurement] = []
+    rs: list[Measurement] = []
+    for i in range(rounds):
+        if reference is None:
+            ms.append(one(model))
+        elif (start + i) % 2 == 0:
+            ms.append(one(model))
+            rs.append(one(reference))
+        else:
+            rs.append(one(reference))
+            ms.append(one(model))
+        if reference is not None:
+            log.debug("round %d: model %.3f ms, reference %.3f ms", start + i + 1, ms[-1].latency.median_ms,
+                      rs[-1].latency.median_ms)
+    return ms, rs
+
+
+@dataclass(frozen=True)
+class Verdict(Record):
+    """The judge's answer: ``ratio`` (median of model/reference per pair; model ms without a
+    reference) against ``limit``, its bootstrap interval, and every round's median (ms)."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    limit: float
+    within: bool
+    decided: bool  # the interval lay on one side of the limit (else max pairs were spent)
+    model_ms: tuple[float, ...] = ()
+    reference_ms: tuple[float, ...] = ()
+
+    @property
+    def pairs(self) -> int:
+        return len(self.model_ms)
+
+    def describe(self) -> str:
+        how = "" if self.decided else f", undecided after {self.pairs} pairs"
+        unit = "x" if self.reference_ms else " ms"
+        return (f"{self.ratio:.3f}{unit} (95% CI {self.ci_low:.3f}-{self.ci_high:.3f}, {self.pairs} pairs{how}) "
+                f"{'within' if self.within else 'OVER'} {self.limit:.3f}{unit}")
+
+
+def decide(model_ms: Sequence[float], reference_ms: Sequence[float], limit: float, *, seed: int = 0) -> Verdict:
+    """The rule on rounds already taken (pure; :func:`judge` takes the rounds)."""
+    if reference_ms and len(reference_ms) != len(model_ms):
+        raise ValueError("decide needs one reference round per model round")
+    values = [m / r for m, r in zip(model_ms, reference_ms, strict=True)] if reference_ms else list(model_ms)
+    point, low, high = bootstrap_ratio(values, [1.0], seed=seed)
+    return Verdict(ratio=point, ci_low=low, ci_high=high, limit=limit, within=point <= limit,
+                   decided=high <= limit or low > limit, model_ms=tuple(model_ms), reference_ms=tuple(reference_ms))
+
+
+def judge(
+    model: Path,
+    target: Target,
+    limit: float,
+    *,
+    reference: Path | None = None,
+    min_pairs: int = MIN_PAIRS,
+    max_pairs: int = MAX_PAIRS,
+    runner: Runner | None = None,
+    seed: int = 0,
+) -> Verdict:
+    """Profile ``model`` (beside ``reference``, ABBA) until :func:`decide` is decided or ``max_pairs``.
+
+    ``limit`` is a ratio to the reference (``0.5`` for a 0.5x budget), or milliseconds without one.
+    Each profile runs with :data:`ROUND_SETTINGS` (the pairs are the repetition).
+    """
+    if not 1 <= min_pairs <= max_pairs:
+        raise ValueError("need 1 <= min_pairs <= max_pairs")
+    target = round_target(target)
+    ms, rs = measure_rounds(model, target, min_pairs, reference=reference, runner=runner)
+    while True:
+        v = decide([m.latency.median_ms for m in ms], [r.latency.median_ms for r in rs], limit, seed=seed)
+        if v.decided or len(ms) >= max_pairs:
+            return v
+        m2, r2 = measure_rounds(model, target, 1, reference=reference, runner=runner, start=len(ms))
+        ms, rs = ms + m2, rs + r2

@@ -1,0 +1,379 @@
+"""The two stages of a search (:class:`~hwcompress.search.run.Search` runs them in turn).
+
+Stage 1 prunes.  When a measured stage 2 follows, the baseline is first measured at each lower
+precision the target offers, beside its fp32 self; the fastest, if it pays (at most
+``PLAN_MIN_GAIN`` of fp32), is the *plan precision*: every stage-1 candidate is measured in it (the
+model stage 2 starts from), so that what the agent is rewarded for is what will run.  The agent
+acts inside the region of :mod:`hwcompress.search.region` (the latency table measured on the
+target at that precision, its residual refitted on every measured candidate), and the winner is
+picked by :meth:`Search.pick`: the best candidates judged beside the baseline, else the best one
+projected onto the region and judged again.
+
+Stage 2 picks a precision per layer of the fine-tuned model.  Its action wall predicts a mix from
+the table at the pruned model's channel counts (each layer at its precision, plus the Q/DQ
+boundaries the mix implies), the residual fitted to the uniform policies it measures first, or,
+without a table, from each layer's time times its precision's measured ratio.  Its winner is
+picked by the same judge; the uniform policy at the plan precision is among its candidates, so a
+stage-1 winner judged within leaves stage 2 a candidate within.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hwcompress.errors import BudgetError, HwcompressError
+from hwcompress.records import Candidate, CompressionPolicy
+from hwcompress.search.envs import PruneEnv, QuantEnv, StepLayer
+from hwcompress.search.evaluator import PruneEvaluator, QuantEvaluator
+from hwcompress.search.latency_model import LatencyModel
+from hwcompress.search.layers import cost_model, layer_times_ms, prune_step_layers, step_kind
+from hwcompress.search.region import CostRegion, Region, TableRegion
+from hwcompress.search.stage import StageRunner
+from hwcompress.search.state import Judged, Stage1Report, Stage2Report
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hwcompress.judge import Verdict
+    from hwcompress.latency.graph import LayerTemplate
+    from hwcompress.latency.table import LatencyTable
+    from hwcompress.prune import PruneGroup
+    from hwcompress.records import Target
+    from hwcompress.search.run import Search
+
+log = logging.getLogger(__name__)
+
+PLAN_MIN_GAIN = 0.95  # a lower precision plans stage 1 when it measures at most this fraction of fp32
+PRECISION_PAIRS = 3  # pairs of fresh profiles (copy, fp32) behind each precision's measured ratio
+PROJECT_AIM = 0.98  # a projection aims this far under the correction the judge measured (verdicts scatter)
+REACH_MARGIN = 1.10  # a budget is out of reach when the most pruned model measures this far over it
+BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+
+
+def has_table(target: Target) -> bool:
+    """Whether a latency table can be built on ``target``: its profiler runs ONNX files in batch mode."""
+    from hwcompress.profiling.adapters import get_adapter
+
+    adapter = get_adapter(target.runtime)
+    return adapter.supports_batch and ".onnx" in adapter.model_suffixes
+
+
+def precision_file(s: Search, model: nn.Module, fp32_onnx: Path, policy: CompressionPolicy, stem: Path) -> Path:
+    """``model`` at ``policy``'s precisions, as the target's runtime runs it (``stem`` + suffix)."""
+    from hwcompress.profiling.adapters import backend_for
+
+    return backend_for(s.target).device_file(model, s.shape, stem, s.target, policy, s.splits.calib.x,
+                                             fp32_onnx=fp32_onnx)
+
+
+def precision_ratios(s: Search, model: nn.Module, fp32_onnx: Path, fp32_file: Path, stem: str) -> dict[str, float]:
+    """Each lower precision's latency over fp32 on ``model`` (every weight layer at it): the median
+    of ``PRECISION_PAIRS`` per-pair ratios, fresh profiles in ABBA pairs (the judge's pairing).
+    A precision the runtime cannot build or run gets no ratio (logged)."""
+    from hwcompress.judge import measure_rounds, round_target
+    from hwcompress.quantize import uniform_policy
+
+    per_round = round_target(s.target)
+
+    ratios = {"fp32": 1.0}
+    for prec in s.target.precisions:
+        if prec == "fp32":
+            continue
+        try:
+            path = precision_file(s, model, fp32_onnx, uniform_policy(prec), s.run_dir / f"{stem}-{prec}")
+            ms, rs = measure_rounds(path, per_round, PRECISION_PAIRS, reference=fp32_file)
+        except HwcompressError as exc:
+            log.warning("%s at %s could not be built or measured: %s", stem, prec, exc)
+            continue
+        ratios[prec] = statistics.median(m.latency.median_ms / r.latency.median_ms for m, r in zip(ms, rs, strict=True))
+    return ratios
+
+
+# --------------------------------------------------------------------------- stage 1
+def stage1_region(s: Search, precision: str, base_ratio: float) -> tuple[list[PruneGroup], list[StepLayer], Region, str,
+                                                                          dict[str, float]]:
+    """Stage 1's groups, the agent's steps and the region (see :mod:`hwcompress.search.region`)."""
+    from hwcompress.prune import layer_table, prunable_groups
+
+    cfg = s.cfg
+    groups = prunable_groups(s.base.model, s.shape)
+    rows = layer_table(s.base.model, s.shape)
+    times = layer_times_ms(rows, s.base_measurement, s.base_onnx)
+    steps = prune_step_layers(groups, rows, times)
+    common: dict[str, Any] = {"multiple": s.target.channel_multiple, "lower_bound": cfg.lower_bound}
+    channels = [g.channels for g in groups]
+    wall = s.budget.aim_ms if cfg.wall else float("inf")
+    if cfg.prune_cost == "flops":  # AMC's wall on the proxy: MACs within the budget's fraction of the baseline's
+        macs_wall = s.base_macs * s.budget.aim_ms / s.base_ms if cfg.wall else float("inf")
+        model = LatencyModel(cost_model(groups, rows, times), s.base_ms)
+        return groups, steps, CostRegion(model, channels, limit=macs_wall, macs_only=True, **common), "macs", {}
+    if not has_table(s.target):
+        model = LatencyModel(cost_model(groups, rows, times), s.base_ms * base_ratio)
+        return groups, steps, CostRegion(model, channels, limit=wall, **common), "cost", {}
+    from hwcompress.latency.graph import extract_templates
+    from hwcompress.latency.predictor import TablePredictor
+    from hwcompress.latency.table import build_table, plan_grid
+
+    templates = extract_templates(s.base_onnx, {r.name: r.group for r in rows})
+    grid = plan_grid(templates, {g.index: g.channels for g in groups}, s.target.channel_multiple)
+    s.reporter.message(f"latency table of {s.cfg.model} on {s.target.name} at {precision} (cached entries are reused)")
+    table = build_table(templates, grid, s.target, cache=s.cache, precisions=(precision,), workdir=s.run_dir)
+    s.reporter.message(f"latency table: {len(table)} entries ({table.measured} measured, {table.cached} from the "
+                       f"cache) in {table.seconds:.1f} s")
+    region = TableRegion(TablePredictor(table, templates), groups, limit=wall, baseline_ms=s.base_ms * base_ratio,
+                         precision=precision, **common)
+    info = {"entries": float(len(table)), "measured": float(table.measured), "cached": float(table.cached),
+            "seconds": table.seconds}
+    return groups, steps, region, "table", info
+
+
+def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: list[StepLayer], ratios: dict[str, float],
+                 precision: str) -> None:
+    """Refuse (exit 3) before the episodes when even the most pruned model misses the budgets.
+
+    The floor (every group at its smallest choice) is built in the plan precision and profiled
+    twice; its faster reading (times the best lower precision's ratio on the baseline, when the
+    plan is fp32) over the latency budget by more than ``REACH_MARGIN``, or its file over the size
+    budget at the smallest precision the target offers, ends the search unless ``allow_over_budget``.
+    """
+    from hwcompress.profiling.measure import measure
+    from hwcompress.search.run import _over
+
+    cfg, b = s.cfg, s.budget
+    floor = CompressionPolicy(keep={st.name: float(region.choices(i)[0]) for i, st in enumerate(steps)
+                                    if region.choices(i)[0] < 1.0})
+    path = evaluator.measured_file(evaluator.build(floor), s.workdir / f"floor-{floor.digest()}")
+    fastest = min((measure(path, s.target, cache=s.cache, force=r > 0) for r in range(2)),
+                  key=lambda m: m.latency.median_ms)
+    factor = min([r for p, r in ratios.items() if r < 1.0 and p != "fp32"], default=1.0) if precision == "fp32" else 1.0
+    reach_ms = fastest.latency.median_ms * factor
+    misses: list[str] = []
+    hint = ""
+    if reach_ms > b.latency_ms * REACH_MARGIN:
+        misses.append(
+            f"--latency-budget {b.spec} ({b.latency_ms:.3f} ms) is out of reach on {s.target.name}: the most pruned "
+            f"model the search can make (keep {cfg.lower_bound:g} in every layer) measures {reach_ms:.3f} ms "
+            f"at {precision if factor == 1.0 else 'its fastest measured precision'}, {_over(reach_ms, b.latency_ms)} "
+            "over the budget")
+        hint = f"give --latency-budget {reach_ms / s.base_ms * 1.05:.2f}x or more, or a lower --lower-bound"
+    if b.size_bytes is not None:
+        bits = min((BITS.get(p, 32) for p in s.target.precisions), default=32) if "quant" in cfg.stages else 32
+        reach_b = fastest.model_bytes * bits / BITS.get(precision, 32)
+        if reach_b > b.size_bytes:
+            misses.append(f"--size-budget {cfg.size_budget} is out of reach: the most pruned model is "
+                          f"{fastest.model_bytes / 1024:.1f} KiB at {precision} (~{reach_b / 1024:.1f} KiB at {bits} "
+                          f"bits), {_over(reach_b, b.size_bytes)} over")
+    if not misses:
+        return
+    if not s.allow_over_budget:
+        raise BudgetError("; ".join(misses) + f"; {hint or 'give a larger budget'}, or pass --allow-over-budget "
+                          "to search anyway")
+    s.reporter.message("; ".join(misses) + " (searching anyway: --allow-over-budget)")
+
+
+def run_stage1(s: Search) -> Stage1Report:
+    cfg = s.cfg
+    measured = cfg.prune_cost == "measured"
+    ratios: dict[str, float] = {}
+    precision = "fp32"
+    if measured and "quant" in cfg.stages and cfg.quant_cost == "measured":
+        ratios = precision_ratios(s, s.base.model, s.base_onnx, s.base_file, "baseline")
+        lower = {p: r for p, r in ratios.items() if p != "fp32"}
+        if lower and min(lower.values()) <= PLAN_MIN_GAIN:
+            precision = min(lower, key=lambda p: lower[p])
+        shown = ", ".join(f"{p} {r:.2f}x" for p, r in sorted(lower.items(), key=lambda kv: kv[1]))
+        s.reporter.message(f"baseline at lower precision, measured beside fp32: {shown or 'none'}; stage-1 candidates "
+                           f"are measured at {precision}")
+    groups, steps, region, kind, table_info = stage1_region(s, precision, ratios.get(precision, 1.0))
+    size = s.budget.size_bytes
+    if size is not None and precision == "fp32" and "quant" in cfg.stages and "int8" in s.target.precisions:
+        size *= 4.0  # stage 2 may store the weights in int8
+    evaluator = PruneEvaluator(
+        s.ctx, s.base.model, cost=cfg.prune_cost, budget_ms=s.budget.aim_ms, size_budget=size,
+        budget_macs=s.base_macs * s.budget.aim_ms / s.base_ms, base_macs=s.base_macs,
+        region=region if measured else None, group_index={g.name: g.index for g in groups}, precision=precision,
+        calib_x=s.splits.calib.x,
+        on_candidate=lambda c, w: s.reporter.candidate("prune", evaluator.episode, c, evaluator.state.best, w),
+    )
+    if measured:
+        _check_reach(s, evaluator, region, steps, ratios, precision)
+    env = PruneEnv(steps, evaluator, region=region, lower_bound=cfg.lower_bound,
+                   channel_multiple=s.target.channel_multiple)
+    runner = StageRunner("prune", env, len(steps), s.agent_cfg(cfg.warmup_episodes), s.run_dir / "ckpt")
+    if s.resume:  # candidates measured before the interruption; the agent resumes after its last checkpoint
+        evaluator.restore(s.log.read())
+        evaluator.episode = runner.load_progress().episodes
+    s.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes if s.resume else 0)
+    t0 = time.monotonic()
+    runner.run(cfg.prune_episodes, deadline=s.deadline, resume=s.resume)
+    s.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes)
+    s.seconds["prune_search"] = time.monotonic() - t0
+    best, judged = evaluator.state.best, list[Judged]()
+    if measured:
+        def file_of(c: Candidate) -> Path:
+            path = s.candidate_file(c)
+            return path if path.is_file() else evaluator.measured_file(evaluator.build(c.policy), path.with_suffix(""))
+
+        def project(c: Candidate, v: Verdict) -> Candidate | None:
+            keep = evaluator.keep_vector(c.policy)
+            goal = region.predict(keep) * s.budget.aim / v.ratio * PROJECT_AIM
+            new = region.project(keep, goal)
+            policy = CompressionPolicy(keep={st.name: float(k) for st, k in zip(steps, new, strict=True) if k < 1.0})
+            s.reporter.message(f"stage 1: projecting the best candidate onto the predicted region at {goal:.3f} ms")
+            got = evaluator(policy).info["candidate"]
+            return None if got.error else got
+
+        best, judged = s.pick("stage 1", list(evaluator.state.seen.values()), file_of, project)
+    within_rate = region.within(0.10) if measured else (0, 0)
+    return Stage1Report(
+        policy=best.policy if best else CompressionPolicy(), best=best,
+        within=any(j.verdict.within for j in judged) if measured else evaluator.state.best_within,
+        precision=precision, precision_ratios=ratios, region=kind, candidates=evaluator.state.evaluated,
+        failures=evaluator.state.failures, predictions_within_10pct=within_rate, table=table_info, judged=tuple(judged),
+    )
+
+
+# --------------------------------------------------------------------------- stage 2
+class MixPredictor:
+    """A mixed-precision policy's latency: ``alpha + beta * table sum`` at the pruned model's channel
+    counts (each layer at its precision, plus the boundaries the mix implies), fitted on measured
+    policies; without a table, each layer's fp32 time times its precision's measured ratio."""
+
+    def __init__(self, modules: Sequence[str], *, table: LatencyTable | None = None,
+                 templates: Sequence[LayerTemplate] = (), counts: dict[int, int] | None = None,
+                 layer_ms: Sequence[float] = (), speed: dict[str, float] | None = None) -> None:
+        self.modules = list(modules)
+        self.table, self.templates, self.counts = table, list(templates), dict(counts or {})
+        self.layer_ms, self.speed = list(layer_ms), dict(speed or {})
+        self.alpha, self.beta = 0.0, 1.0
+        self.kind = "table" if table is not None else "ratios"
+
+    def feature(self, choice: Sequence[str]) -> float:
+        if self.table is None:
+            return float(sum(t * self.speed.get(p, 1.0) for t, p in zip(self.layer_ms, choice, strict=True)))
+        prec = {m: p for m, p in zip(self.modules, choice, strict=True) if m}
+        return self.table.total_ms(self.templates, self.counts, prec)
+
+    def __call__(self, choice: list[str]) -> float:
+        return self.alpha + self.beta * self.feature(choice)
+
+    def fit(self, points: Sequence[tuple[Sequence[str], float]]) -> None:
+        from hwcompress.latency.predictor import theil_sen
+
+        if self.table is None or not points:
+            return
+        x = np.array([self.feature(c) for c, _ in points])
+        y = np.array([ms for _, ms in points])
+        alpha, beta = theil_sen(x, y) if len(x) >= 2 and np.ptp(x) > 1e-12 else (0.0, float(y[0] / max(x[0], 1e-12)))
+        self.alpha, self.beta = (alpha, beta) if beta > 0 else (0.0, float(np.median(y / np.maximum(x, 1e-12))))
+
+
+def _mix_predictor(s: Search, qlayers: Sequence[Any], keep: dict[str, float], layer_ms: list[float],
+                   speed: dict[str, float]) -> MixPredictor:
+    modules = [q.module for q in qlayers]
+    if not has_table(s.target):
+        return MixPredictor(modules, layer_ms=layer_ms, speed=speed)
+    from hwcompress.latency.graph import extract_templates
+    from hwcompress.latency.table import build_table
+    from hwcompress.prune import keep_count, layer_table, prunable_groups
+
+    groups = prunable_groups(s.base.model, s.shape)
+    rows = layer_table(s.base.model, s.shape)
+    templates = extract_templates(s.base_onnx, {r.name: r.group for r in rows})
+    counts = {g.index: keep_count(g.channels, keep.get(g.name, 1.0), s.target.channel_multiple) for g in groups}
+    precs = tuple(p for p in s.target.precisions if p == "fp32" or p in speed)
+    table = build_table(templates, {g: [c] for g, c in counts.items()}, s.target, cache=s.cache, precisions=precs,
+                        workdir=s.run_dir)
+    s.reporter.message(f"latency table at the pruned counts: {len(table)} entries ({table.measured} measured) in "
+                       f"{table.seconds:.1f} s")
+    return MixPredictor(modules, table=table, templates=templates, counts=counts)
+
+
+def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: str) -> Stage2Report:
+    from hwcompress.export import export_onnx
+    from hwcompress.macs import layer_macs
+    from hwcompress.profiling.adapters import backend_for
+    from hwcompress.profiling.measure import measure
+    from hwcompress.prune import layer_table
+    from hwcompress.quantize import quantizable_layers
+
+    cfg = s.cfg
+    fp32 = export_onnx(model, s.shape, s.run_dir / "stage2-fp32.onnx")
+    fp32_file = backend_for(s.target).device_file(model, s.shape, s.run_dir / "stage2-fp32", s.target, fp32_onnx=fp32)
+    ref = measure(fp32_file, s.target, cache=s.cache, per_node=s.per_node)
+    table = {la.name: la for la in layer_table(model, s.shape, strict=False)}
+    qlayers = quantizable_layers(fp32, model)
+    macs = layer_macs(model, s.shape)
+    times = layer_times_ms(list(table.values()), ref, fp32)
+    ms_of = dict(zip(table, times, strict=True))
+    total = max(float(times.sum()), 1e-9)
+    steps = []
+    for q in qlayers:
+        la = table.get(q.module)
+        steps.append(StepLayer(
+            name=q.name, kind=step_kind(la) if la else "conv", in_channels=la.in_channels if la else 0,
+            out_channels=la.out_channels if la else 0, kernel=la.kernel[0] if la and la.kernel else 1,
+            stride=la.stride[0] if la and la.stride else 1, macs=macs.get(q.module, 0), params=q.params,
+            latency_share=float(ms_of.get(q.module, 0.0)) / total,
+        ))
+    measured = cfg.quant_cost == "measured"
+    evaluator = QuantEvaluator(
+        s.ctx, fp32, model=model, cost=cfg.quant_cost, budget_ms=s.budget.aim_ms, latency_ref=ref.latency.median_ms,
+        layer_macs={q.name: macs.get(q.module, 0) for q in qlayers}, speed_weight=cfg.speed_weight,
+        base_keep=keep, calib_x=s.splits.calib.x,
+        on_candidate=lambda c, w: s.reporter.candidate("quant", evaluator.episode, c, evaluator.state.best, w),
+    )
+    if s.resume:
+        evaluator.restore(s.log.read())
+    speed: dict[str, float] = {}
+    predictor: MixPredictor | None = None
+    if measured:  # the action axis ordered by measured speed; HAQ's wall on the predicted mix
+        speed = precision_ratios(s, model, fp32, fp32_file, "stage2")
+        shown = ", ".join(f"{k} {v:.2f}x" for k, v in sorted(speed.items(), key=lambda kv: kv[1]))
+        s.reporter.message(f"pruned model per precision, measured beside fp32: {shown}")
+        predictor = _mix_predictor(s, qlayers, keep, [float(ms_of.get(q.module, 0.0)) for q in qlayers], speed)
+    env = QuantEnv(steps, evaluator, precisions=s.target.precisions, base_keep=keep, speed=speed or None,
+                   predict=predictor, budget_ms=s.budget.aim_ms if cfg.wall else None)
+    warm = min(cfg.warmup_episodes, max(cfg.quant_episodes // 3, 1))
+    runner = StageRunner("quant", env, len(steps), s.agent_cfg(warm), s.run_dir / "ckpt")
+    s.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes if s.resume else 0)
+    if measured:
+        # The plain choices first, as ordinary candidates (episode 0): all fp32, and all at each precision
+        # measured faster than fp32 (the plan precision among them); the mix predictor is fitted on them.
+        seeds = [p for p in s.target.precisions if p in ("fp32", precision) or speed.get(p, 2.0) < 1.0]
+        points = []
+        for prec in seeds:
+            evaluator.episode = -1
+            cand = evaluator(CompressionPolicy(keep=keep, precision={st.name: prec for st in steps})).info["candidate"]
+            if cand.measurement is not None and not cand.error:
+                points.append(([prec] * len(steps), cand.measurement.latency.median_ms))
+        evaluator.episode = 0
+        assert predictor is not None
+        predictor.fit(points)
+    if s.resume:
+        evaluator.episode = runner.load_progress().episodes
+    t0 = time.monotonic()
+    runner.run(cfg.quant_episodes, deadline=s.deadline, resume=s.resume)
+    s.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes)
+    s.seconds["quant_search"] = time.monotonic() - t0
+    best, judged = evaluator.state.best, list[Judged]()
+    if measured:
+        def file_of(c: Candidate) -> Path:
+            path = s.candidate_file(c)
+            return path if path.is_file() else precision_file(s, model, fp32, c.policy, path.with_suffix(""))
+
+        best, judged = s.pick("stage 2", list(evaluator.state.seen.values()), file_of)
+    return Stage2Report(
+        policy=best.policy if best else CompressionPolicy(keep=keep), best=best,
+        within=any(j.verdict.within for j in judged) if measured else evaluator.state.best_within,
+        fp32_ms=ref.latency.median_ms, precision_ratios=speed, action_order=tuple(env.precisions),
+        predictor=predictor.kind if predictor else "", candidates=evaluator.state.evaluated,
+        failures=evaluator.state.failures, judged=tuple(judged),
+    )

@@ -1,0 +1,195 @@
+"""hwcompress.judge: the one rule for "is this model within its latency limit on the device".
+
+The rule itself (:func:`decide`) on rounds given by hand; the pair-adding loop (:func:`judge`) on a
+scripted profiler (ABBA order, min/max pairs); and :func:`judge` on two real ONNX models profiled
+by the real local ONNX Runtime profiler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hwcompress.judge import Verdict, decide, judge, measure_rounds
+from hwcompress.records import LatencyStats, Measurement, MeasureSettings
+from hwcompress.targets import load_target
+
+
+# --------------------------------------------------------------------------- the rule on given rounds
+def test_well_under_the_limit_is_within_and_decided() -> None:
+    v = decide([1.0, 1.1, 0.9, 1.0], [4.0, 4.0, 4.0, 4.0], 0.5)
+    assert v.ratio == pytest.approx(0.25)
+    assert v.within and v.decided and v.ci_high <= 0.5
+    assert v.pairs == 4 and v.limit == 0.5
+    assert "within 0.500x" in v.describe()
+
+
+def test_well_over_the_limit_is_over_and_decided() -> None:
+    v = decide([1.0, 1.1, 0.9, 1.0], [4.0, 4.0, 4.0, 4.0], 0.1)
+    assert not v.within and v.decided and v.ci_low > 0.1
+    assert "OVER 0.100x" in v.describe()
+
+
+def test_pairs_straddling_the_limit_are_undecided_and_the_median_answers() -> None:
+    ref = [1.0, 1.0, 1.0, 1.0]
+    v = decide([0.40, 0.62, 0.48, 0.55], ref, 0.5)  # median of the ratios 0.515
+    assert not v.decided and v.ci_low <= 0.5 < v.ci_high
+    assert v.ratio == pytest.approx(0.515) and not v.within
+    assert "undecided after 4 pairs" in v.describe()
+    assert decide([0.40, 0.60, 0.45, 0.55], ref, 0.5).within  # median 0.5: within is "<= limit"
+
+
+def test_ratio_is_the_median_of_per_pair_ratios() -> None:
+    model, ref = [1.0, 3.0, 4.0], [4.0, 1.0, 2.0]  # pairs: 0.25, 3, 2
+    v = decide(model, ref, 5.0)
+    assert v.ratio == pytest.approx(2.0)
+    # not the ratio of medians (3 / 2) nor fastest over fastest (1 / 1)
+    assert v.ratio != pytest.approx(np.median(model) / np.median(ref)) and v.ratio != pytest.approx(min(model) / min(ref))
+    assert v.model_ms == tuple(model) and v.reference_ms == tuple(ref)
+
+
+def test_absolute_limit_without_a_reference_is_in_ms() -> None:
+    v = decide([1.0, 1.2, 1.1, 1.05], [], 2.0)
+    assert v.ratio == pytest.approx(1.075) and v.within and v.decided
+    assert v.reference_ms == () and v.pairs == 4
+    assert " ms" in v.describe() and "within 2.000 ms" in v.describe()
+    assert not decide([1.0, 1.2, 1.1, 1.05], [], 0.5).within
+
+
+def test_mismatched_rounds_raise() -> None:
+    with pytest.raises(ValueError, match="one reference round per model round"):
+        decide([1.0, 2.0], [1.0], 0.5)
+    with pytest.raises(ValueError):
+        decide([], [], 0.5)
+
+
+def test_verdict_round_trips_through_json() -> None:
+    v = decide([1.0, 3.0, 4.0], [4.0, 1.0, 2.0], 1.5)
+    data = json.loads(json.dumps(v.to_dict()))
+    assert data["within"] is v.within and data["model_ms"] == [1.0, 3.0, 4.0]
+    back = Verdict.from_dict(data)
+    assert back == v and back.pairs == 3 and isinstance(back.model_ms, tuple)
+    absolute = decide([1.0, 1.1], [], 2.0)
+    assert Verdict.from_dict(absolute.to_dict()) == absolute
+
+
+# --------------------------------------------------------------------------- the loop on a scripted profiler
+def _measurement(ms: float) -> Measurement:
+    return Measurement(
+        target="x86-cpu", model_sha256="", latency=LatencyStats(ms, ms, ms, ms, 0.0, 0.0, 50),
+        peak_memory_bytes=0, model_bytes=0, load_ms=0.0, runtime="onnxruntime", runtime_version="", device="cpu",
+        settings=MeasureSettings(), threads=1, timestamp="", profiler_version="",
+    )
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``measure`` replaced by a script: ``{name: [ms, ms, ...]}`` (cycled), every call recorded."""
+    import hwcompress.profiling.measure as pm
+
+    calls: list[str] = []
+    script: dict[str, list[float]] = {}
+
+    def fake(path: Any, target: Any, **kw: Any) -> Measurement:
+        assert kw.get("cache") is None and kw.get("force")  # always a fresh profile
+        name = Path(path).name
+        values = script[name]
+        calls.append(name)
+        return _measurement(values[(sum(c == name for c in calls) - 1) % len(values)])
+
+    monkeypatch.setattr(pm, "measure", fake)
+    return calls, script
+
+
+def test_judge_stops_at_min_pairs_when_decided_and_profiles_abba(scripted: Any) -> None:
+    calls, script = scripted
+    script.update({"m.onnx": [1.0], "r.onnx": [4.0]})
+    v = judge(Path("m.onnx"), load_target("x86-cpu"), 0.5, reference=Path("r.onnx"), min_pairs=3, max_pairs=8)
+    assert v.within and v.decided and v.pairs == 3 and v.ratio == pytest.approx(0.25)
+    assert calls == ["m.onnx", "r.onnx", "r.onnx", "m.onnx", "m.onnx", "r.onnx"]  # ABBA
+
+
+def test_judge_adds_pairs_up_to_max_while_undecided(scripted: Any) -> None:
+    calls, script = scripted
+    script.update({"m.onnx": [0.4, 0.6], "r.onnx": [1.0]})  # ratios 0.4, 0.6, ...: the interval holds 0.5
+    v = judge(Path("m.onnx"), load_target("x86-cpu"), 0.5, reference=Path("r.onnx"), min_pairs=2, max_pairs=5)
+    assert not v.decided and v.pairs == 5 and len(v.reference_ms) == 5 and len(calls) == 10
+    assert calls[8:] == ["m.onnx", "r.onnx"]  # pair 5 (start 4): model first again
+
+
+def test_judge_without_reference_profiles_the_model_alone(scripted: Any) -> None:
+    calls, script = scripted
+    script["m.onnx"] = [1.0, 1.1]
+    v = judge(Path("m.onnx"), load_target("x86-cpu"), 2.0, min_pairs=2, max_pairs=4)
+    assert v.within and v.decided and v.pairs == 2 and v.reference_ms == () and calls == ["m.onnx"] * 2
+
+
+def test_judge_needs_sane_pair_bounds() -> None:
+    with pytest.raises(ValueError):
+        judge(Path("m.onnx"), load_target("x86-cpu"), 0.5, min_pairs=3, max_pairs=2)
+    with pytest.raises(ValueError):
+        judge(Path("m.onnx"), load_target("x86-cpu"), 0.5, min_pairs=0, max_pairs=2)
+
+
+# --------------------------------------------------------------------------- real models, real profiler
+def conv_net(path: Path, width: int, size: int = 32) -> Path:
+    """Two 3x3 convolutions (8 -> ``width`` -> ``width``) on a ``size`` x ``size`` input, then a pool:
+    halving ``width`` makes it ~4x cheaper (the second convolution dominates)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes, prev, cin = [], [], "x", 8
+    for i in range(2):
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, cin, 3, 3)) * 0.1).astype(np.float32),
+                                             f"conv{i}.weight"))
+        nodes += [helper.make_node("Conv", [prev, f"conv{i}.weight"], [f"c{i}"], name=f"/conv{i}/Conv",
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"/conv{i}/Relu")]
+        prev, cin = f"r{i}", width
+    nodes.append(helper.make_node("GlobalAveragePool", [prev], ["y"], name="/pool/GlobalAveragePool"))
+    graph = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width, 1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    """(cheap model, reference ~4x its MACs, x86-cpu with one short profile per fresh process)."""
+    d = tmp_path_factory.mktemp("judge")
+    target = load_target("x86-cpu")
+    # the pairs are the repetition (as in `hwcompress check`): no re-profiling inside a round
+    quick = dataclasses.replace(target.measure, min_seconds=0.1, max_seconds=1.0, max_cv=1.0, max_rounds=1)
+    return conv_net(d / "cheap.onnx", 32), conv_net(d / "reference.onnx", 64), dataclasses.replace(target, measure=quick)
+
+
+def test_real_cheap_model_is_within_a_loose_limit(real_pair: tuple[Path, Path, Any]) -> None:
+    cheap, ref, target = real_pair
+    v = judge(cheap, target, 0.6, reference=ref, min_pairs=3, max_pairs=6)
+    # measured ~0.27x on a 2-core machine; 0.6 leaves more than 2x for noise
+    assert v.within and v.ratio < 0.6 and 3 <= v.pairs <= 6
+    assert len(v.reference_ms) == v.pairs and all(m > 0 for m in v.model_ms + v.reference_ms)
+    assert v.ratio == pytest.approx(float(np.median(np.array(v.model_ms) / np.array(v.reference_ms))))
+
+
+def test_real_cheap_model_is_over_a_tight_limit(real_pair: tuple[Path, Path, Any]) -> None:
+    cheap, ref, target = real_pair
+    v = judge(cheap, target, 0.1, reference=ref, min_pairs=3, max_pairs=6)
+    assert not v.within and v.ratio > 0.1 and 3 <= v.pairs <= 6
+    assert Verdict.from_dict(json.loads(json.dumps(v.to_dict()))) == v
+
+
+def test_real_rounds_alternate_and_stay_fresh(real_pair: tuple[Path, Path, Any]) -> None:
+    cheap, ref, target = real_pair
+    ms, rs = measure_rounds(cheap, target, 2, reference=ref)
+    assert len(ms) == len(rs) == 2 and not any(m.cached for m in ms + rs)
+    assert ms[0].model_sha256 != rs[0].model_sha256 and {m.model_sha256 for m in ms} == {ms[0].model_sha256}

@@ -90,23 +90,24 @@ def _assert_run_records(run: Path, manifest: dict[str, object], lines: list[dict
     assert budget.latency_ms == pytest.approx(0.5 * base["latency"]["median_ms"])
     s1 = Stage1Report.from_dict(json.loads((run / "stage1.json").read_text()))
     s2 = Stage2Report.from_dict(json.loads((run / "stage2.json").read_text()))
-    # the baseline was measured at every precision beside fp32; stage 1 measured its candidates at the fastest
-    # one when it pays (<= 0.95x fp32), else in fp32
+    # the baseline was measured at every precision beside fp32; stage 1 could build its candidates in fp32 and
+    # in each lower precision measured <= 0.95x fp32 on it, each candidate in the one the region predicted fastest
     assert set(s1.precision_ratios) == {"fp32", "fp16", "int8", "int4"} and s1.precision_ratios["fp32"] == 1.0
-    lower = {p: r for p, r in s1.precision_ratios.items() if p != "fp32"}
-    plan = min(lower, key=lambda p: lower[p])
-    assert s1.precision == (plan if lower[plan] <= 0.95 else "fp32")
-    prune_files = sorted(p for p in (run / "candidates").glob("prune-*.onnx") if not p.name.endswith("-fp32.onnx"))
-    assert prune_files
+    assert s1.planned == tuple(p for p, r in s1.precision_ratios.items() if p == "fp32" or r <= 0.95)
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(prune_files[0])).graph.node}
-    assert ("QuantizeLinear" in ops or "QLinearConv" in ops) == (s1.precision == "int8")
+    prune = [ln for ln in lines if ln["stage"] == "prune" and not ln["error"]]
+    for ln in prune:
+        pol = CompressionPolicy.from_dict(ln["policy"])  # type: ignore[arg-type]
+        assert pol.default_precision in s1.planned and not pol.precision
+        ops = {n.op_type for n in onnx.load(str(run / "candidates" / f"prune-{pol.digest()}.onnx")).graph.node}
+        assert ("QuantizeLinear" in ops or "QLinearConv" in ops) == (pol.default_precision == "int8")
+    assert s1.best is not None and s1.precision == s1.best.policy.default_precision
     # the agent acted inside the region of the latency table measured on the target
     assert s1.region == "table" and s1.table["entries"] > 0
     assert s1.table["measured"] + s1.table["cached"] == s1.table["entries"]
     hit, n = s1.predictions_within_10pct
-    assert 0 <= hit <= n == sum(1 for ln in lines if ln["stage"] == "prune" and not ln["error"])
+    assert 0 <= hit <= n == len(prune)
     # each stage's winner was picked by the judge: candidates judged beside the baseline at the budget's aim,
     # in pairs (4-10) until the interval was on one side of it; the winner is the first judged within,
     # else the fastest judged

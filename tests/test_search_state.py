@@ -33,6 +33,7 @@ def dataclass_frozen() -> type[Exception]:
 def test_stage_report_round_trips_and_refuses_unknown_keys() -> None:
     v = decide([0.4, 0.41, 0.39, 0.4], [1.0, 1.0, 1.01, 0.99], 0.49)
     rep = Stage1Report(policy=CompressionPolicy(keep={"a": 0.5}), best=None, within=True, precision="int8",
+                       planned=("fp32", "int8"),
                        precision_ratios={"fp32": 1.0, "int8": 0.6}, region="table", candidates=3, failures=0,
                        predictions_within_10pct=(2, 3), table={"entries": 10.0},
                        judged=(Judged(policy="abc", how="ranked", reading_ms=0.4, verdict=v),))

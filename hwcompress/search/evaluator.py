@@ -8,6 +8,7 @@ sha256). A candidate whose build, export or profile fails is logged with its err
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -209,7 +210,7 @@ class PruneEvaluator:
         self.budget_macs = budget_macs
         self.base_macs = base_macs
         self.region = region
-        self.precision = precision  # candidates are measured in this precision (stage 2 starts from it)
+        self.precision = precision  # candidates are built in it where no region chooses per candidate
         self.calib_x = calib_x
         self.group_index = group_index
         self.state = StageState("prune")
@@ -230,11 +231,11 @@ class PruneEvaluator:
         recalibrate_bn(pruned, self.ctx.splits.train.x, self.ctx.bn_batches)
         return pruned
 
-    def measured_file(self, pruned: nn.Module, stem: Path) -> Path:
+    def measured_file(self, pruned: nn.Module, stem: Path, precision: str) -> Path:
         """The file a candidate is measured as: the device's format, every weight layer at ``precision``."""
         from hwcompress.quantize import uniform_policy
 
-        policy = None if self.precision == "fp32" else uniform_policy(self.precision)
+        policy = None if precision == "fp32" else uniform_policy(precision)
         return device_file(pruned, self.ctx.input_shape, stem, self.ctx.target, policy, self.calib_x)
 
     def score(self, pruned: nn.Module) -> float:
@@ -255,6 +256,9 @@ class PruneEvaluator:
 
     def _evaluate(self, policy: CompressionPolicy) -> EpisodeOutcome:
         self.episode += 1
+        # built in the uniform precision the region predicts fastest for it (the policy says which)
+        prec = self.region.precision_for(self.keep_vector(policy)) if self.region is not None else self.precision
+        policy = dataclasses.replace(policy, default_precision=prec, precision={})
         key = policy.digest()
         if key in self.state.seen:
             cand = self.state.seen[key]
@@ -274,7 +278,7 @@ class PruneEvaluator:
             if self.cost == "measured":
                 from hwcompress.profiling.measure import measure
 
-                onnx_path = self.measured_file(pruned, self.ctx.workdir / f"prune-{key}")
+                onnx_path = self.measured_file(pruned, self.ctx.workdir / f"prune-{key}", prec)
                 measurement = measure(onnx_path, self.ctx.target, cache=self.ctx.cache)
             else:  # proxy mode: the file is written for the record, not measured
                 from hwcompress.export import export_onnx
@@ -292,7 +296,7 @@ class PruneEvaluator:
                     memory_budget=self.ctx.memory_budget,
                 )
                 if self.region is not None:
-                    err = self.region.observe(self.keep_vector(policy), measurement.latency.median_ms)
+                    err = self.region.observe(self.keep_vector(policy), measurement.latency.median_ms, prec)
                     extra["latency_model_error"] = err
             else:  # flops proxy: MACs against the same fraction of the baseline's MACs
                 costs = Costs(latency=float(macs), latency_budget=self.budget_macs,
@@ -334,7 +338,8 @@ class PruneEvaluator:
         """Refill the table of seen candidates (and the region's fit) from ``search.jsonl``."""
         for cand in self.state.restore(records):
             if self.region is not None and cand.measurement is not None:
-                self.region.observe(self.keep_vector(cand.policy), cand.measurement.latency.median_ms)
+                self.region.observe(self.keep_vector(cand.policy), cand.measurement.latency.median_ms,
+                                    cand.policy.default_precision)
             self.episode = max(self.episode, cand.episode)
 
 

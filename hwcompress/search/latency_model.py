@@ -1,4 +1,6 @@
-"""A latency model fitted to the search's own measurements; it drives the action wall.
+"""A latency model fitted to the search's own measurements: the region's predictor where no
+latency table can be built (:class:`hwcompress.search.region.CostRegion`), and the MACs model
+the latency table is compared with (``hwcompress latency-model``).
 
 Per layer ``l``, a candidate's MACs are ``macs_l * prod_g keep_g ** e[l, g]`` where the exponents
 ``e`` are found once by probing each prunable group (1 for a layer whose input *or* output

@@ -11,9 +11,9 @@ and for the search's winner projection:
 - ``observe(keep, ms)``: a full-model measurement of the search, which refits the residual.
 
 :class:`TableRegion` predicts from the per-layer latency table measured on the target
-(:mod:`hwcompress.latency`): ``alpha + beta * sum of the candidate's units``, at the precision the
-candidates are measured in, with ``alpha``/``beta`` refitted (Theil-Sen) on the baseline and every
-candidate measured in this search.  :class:`CostRegion` is the fallback where no table can be built
+(:mod:`hwcompress.latency`): ``alpha_p + beta_p * sum of the candidate's units`` at each uniform
+precision ``p`` the table holds, each residual refitted (Theil-Sen) on the baseline and every
+candidate measured at ``p``; a candidate is built in the precision predicted fastest for it.  :class:`CostRegion` is the fallback where no table can be built
 (runtimes whose profiler has no batch mode on ONNX files: LiteRT, TensorRT): each layer's measured
 share of the baseline scaled by its MACs ratio (:class:`~hwcompress.search.latency_model.LatencyModel`),
 or MACs alone for ``--cost flops``.
@@ -21,13 +21,15 @@ or MACs alone for ``--cost flops``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from hwcompress.latency.predictor import TablePredictor
+    from hwcompress.latency.graph import LayerTemplate
+    from hwcompress.latency.table import LatencyTable
     from hwcompress.prune import PruneGroup
     from hwcompress.search.latency_model import LatencyModel
 
@@ -36,12 +38,15 @@ class Region(Protocol):
     """What the action wall and the projection need (see the module docstring)."""
 
     limit: float  # predict() must stay within this (ms, or MACs); inf: no wall
+    precisions: tuple[str, ...]  # the uniform precisions a candidate may be built in
 
     def choices(self, i: int) -> np.ndarray: ...
 
     def predict(self, keep: np.ndarray) -> float: ...
 
-    def observe(self, keep: np.ndarray, measured: float) -> float: ...
+    def precision_for(self, keep: np.ndarray) -> str: ...
+
+    def observe(self, keep: np.ndarray, measured: float, precision: str = "fp32") -> float: ...
 
     def project(self, keep: np.ndarray, limit: float, steps: int = 24) -> np.ndarray: ...
 
@@ -61,7 +66,7 @@ def keep_choices(channels: int, multiple: int, lower_bound: float) -> np.ndarray
     return np.asarray(ok if ok.size else ratios[:1], dtype=np.float64)
 
 
-class _Base:
+class _Base(abc.ABC):
     """Choices on the channel multiple; a projection that keeps a candidate's shape."""
 
     def __init__(self, channels: Sequence[int], *, multiple: int, lower_bound: float, limit: float) -> None:
@@ -74,8 +79,9 @@ class _Base:
     def choices(self, i: int) -> np.ndarray:
         return self._choices[i]
 
+    @abc.abstractmethod
     def predict(self, keep: np.ndarray) -> float:
-        raise NotImplementedError
+        """The candidate's predicted cost."""
 
     def snap(self, keep: np.ndarray) -> np.ndarray:
         """Each ratio moved to the largest offered choice not above it (the smallest if none)."""
@@ -102,31 +108,52 @@ class _Base:
         return at(s if s is not None else 0.0)
 
 
+class _Fit:
+    """``alpha + beta * x`` fitted (Theil-Sen) on the points measured at one precision."""
+
+    def __init__(self, x0: float, y0: float) -> None:
+        self.x, self.y = [x0], [y0]
+        self.alpha, self.beta = 0.0, y0 / max(x0, 1e-12)
+
+    def add(self, x: float, y: float) -> None:
+        from hwcompress.latency.predictor import theil_sen
+
+        self.x.append(x)
+        self.y.append(y)
+        xs, ys = np.array(self.x), np.array(self.y)
+        if np.ptp(xs) > 1e-12:
+            alpha, beta = theil_sen(xs, ys)
+            if beta > 0:  # else: measurements too noisy for a slope yet, keep the last line
+                self.alpha, self.beta = alpha, beta
+
+    def __call__(self, x: float) -> float:
+        return self.alpha + self.beta * x
+
+
 class TableRegion(_Base):
-    """The measured table's region: see the module docstring."""
+    """The measured table's region (see the module docstring), at every uniform precision the table
+    holds: a candidate is predicted at each (``alpha_p + beta_p * its units at p``, one residual per
+    precision, starting from the baseline measured at it) and built in the fastest
+    (:meth:`precision_for`); small pruned models often run *slower* in int8 than in fp32 (the
+    Quantize/Dequantize pairs around each layer stay while the convs shrink)."""
 
     def __init__(
         self,
-        predictor: TablePredictor,
+        table: LatencyTable,
+        templates: Sequence[LayerTemplate],
         groups: Sequence[PruneGroup],
         *,
         multiple: int,
         lower_bound: float,
         limit: float,
-        baseline_ms: float,
-        precision: str = "fp32",
+        baseline_ms: dict[str, float],
     ) -> None:
         super().__init__([g.channels for g in groups], multiple=multiple, lower_bound=lower_bound, limit=limit)
-        self.predictor = predictor
-        self.groups = list(groups)
-        self.precision = precision
-        self._precisions = ({t.module: precision for t in predictor.templates if t.module}
-                            if precision != "fp32" else None)
+        self.table, self.templates, self.groups = table, list(templates), list(groups)
+        self.precisions = tuple(baseline_ms)
         full = np.ones(len(self.groups))
-        self._x: list[float] = [self.feature(full)]
-        self._y: list[float] = [float(baseline_ms)]
+        self._fits = {p: _Fit(self.feature(full, p), float(ms)) for p, ms in baseline_ms.items()}
         self.errors: list[float] = []  # relative error of each prediction before its measurement refitted
-        self._refit()
         self._choices = [self._fast(i) for i in range(len(self.groups))]
 
     def counts(self, keep: np.ndarray) -> dict[int, int]:
@@ -135,45 +162,38 @@ class TableRegion(_Base):
         return {g.index: keep_count(g.channels, float(min(max(k, 1e-6), 1.0)), self.multiple)
                 for g, k in zip(self.groups, keep, strict=True)}
 
-    def feature(self, keep: np.ndarray) -> float:
-        return self.predictor.feature(self.counts(keep), self._precisions)
+    def feature(self, keep: np.ndarray, precision: str) -> float:
+        """The table's sum for the candidate with every weight layer at ``precision`` (ms)."""
+        prec = {t.module: precision for t in self.templates if t.module} if precision != "fp32" else None
+        return self.table.total_ms(self.templates, self.counts(keep), prec)
+
+    def predict_at(self, keep: np.ndarray, precision: str) -> float:
+        return self._fits[precision](self.feature(keep, precision))
+
+    def precision_for(self, keep: np.ndarray) -> str:
+        return min(self.precisions, key=lambda p: self.predict_at(keep, p))
 
     def predict(self, keep: np.ndarray) -> float:
-        return self.predictor.alpha + self.predictor.beta * self.feature(keep)
+        return min(self.predict_at(keep, p) for p in self.precisions)
 
-    def observe(self, keep: np.ndarray, measured: float) -> float:
-        err = (self.predict(keep) - measured) / measured
+    def observe(self, keep: np.ndarray, measured: float, precision: str = "fp32") -> float:
+        err = (self.predict_at(keep, precision) - measured) / measured
         self.errors.append(err)
-        self._x.append(self.feature(keep))
-        self._y.append(float(measured))
-        self._refit()
+        self._fits[precision].add(self.feature(keep, precision), float(measured))
         return err
 
     def within(self, tolerance: float = 0.10) -> tuple[int, int]:
         """(predictions within ``tolerance`` of the measurement that followed, predictions made)."""
         return sum(abs(e) <= tolerance for e in self.errors), len(self.errors)
 
-    def _refit(self) -> None:
-        from hwcompress.latency.predictor import theil_sen
-
-        x, y = np.array(self._x), np.array(self._y)
-        if len(x) < 2 or np.ptp(x) <= 1e-12:  # the baseline alone: its measurement over the table's sum
-            self.predictor.alpha, self.predictor.beta = 0.0, float(y[0] / max(x[0], 1e-12))
-        else:
-            alpha, beta = theil_sen(x, y)
-            if beta <= 0:  # measurements too noisy for a slope yet: proportional through the baseline
-                alpha, beta = 0.0, float(y[0] / max(x[0], 1e-12))
-            self.predictor.alpha, self.predictor.beta = alpha, beta
-        self.predictor.fitted_on = len(x)
-
     def _fast(self, i: int) -> np.ndarray:
-        """Group ``i``'s choices whose table time (other groups unpruned) is below every larger choice's."""
+        """Group ``i``'s choices predicted (other groups unpruned) faster than every larger choice."""
         base = keep_choices(self.channels[i], self.multiple, self.lower_bound)
         keep = np.ones(len(self.groups))
         times = []
         for r in base:
             keep[i] = r
-            times.append(self.feature(keep))
+            times.append(self.predict(keep))
         out = [r for j, r in enumerate(base) if j == len(base) - 1 or times[j] < min(times[j + 1:])]
         return np.asarray(out, dtype=np.float64)
 
@@ -183,16 +203,20 @@ class CostRegion(_Base):
     refitted on the search's measurements), or MACs for the ``--cost flops`` proxy."""
 
     def __init__(self, model: LatencyModel, channels: Sequence[int], *, multiple: int, lower_bound: float,
-                 limit: float, macs_only: bool = False) -> None:
+                 limit: float, macs_only: bool = False, precision: str = "fp32") -> None:
         super().__init__(channels, multiple=multiple, lower_bound=lower_bound, limit=limit)
         self.model = model
         self.macs_only = macs_only
+        self.precisions: tuple[str, ...] = (precision,)
         self.errors = model.errors
+
+    def precision_for(self, keep: np.ndarray) -> str:
+        return self.precisions[0]
 
     def predict(self, keep: np.ndarray) -> float:
         return self.model.cost.macs(keep) if self.macs_only else self.model.predict(keep)
 
-    def observe(self, keep: np.ndarray, measured: float) -> float:
+    def observe(self, keep: np.ndarray, measured: float, precision: str = "fp32") -> float:
         return 0.0 if self.macs_only else self.model.observe(keep, measured)
 
     def within(self, tolerance: float = 0.10) -> tuple[int, int]:

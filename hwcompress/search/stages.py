@@ -1,11 +1,12 @@
 """The two stages of a search (:class:`~hwcompress.search.run.Search` runs them in turn).
 
 Stage 1 prunes.  When a measured stage 2 follows, the baseline is first measured at each lower
-precision the target offers, beside its fp32 self; the fastest, if it pays (at most
-``PLAN_MIN_GAIN`` of fp32), is the *plan precision*: every stage-1 candidate is measured in it (the
-model stage 2 starts from), so that what the agent is rewarded for is what will run.  The agent
-acts inside the region of :mod:`hwcompress.search.region` (the latency table measured on the
-target at that precision, its residual refitted on every measured candidate), and the winner is
+precision the target offers, beside its fp32 self; fp32 and each one that pays (at most
+``PLAN_MIN_GAIN`` of fp32) are *planned*: every stage-1 candidate is built and measured in the
+planned precision the region predicts fastest for it (the model stage 2 starts from), so that what
+the agent is rewarded for is what will run.  The agent acts inside the region of
+:mod:`hwcompress.search.region` (the latency table measured on the target at the planned
+precisions, residuals refitted on every measured candidate), and the winner is
 picked by :meth:`Search.pick`: the best candidates judged beside the baseline, else the best one
 projected onto the region and judged again.
 
@@ -13,7 +14,7 @@ Stage 2 picks a precision per layer of the fine-tuned model.  Its action wall pr
 the table at the pruned model's channel counts (each layer at its precision, plus the Q/DQ
 boundaries the mix implies), the residual fitted to the uniform policies it measures first, or,
 without a table, from each layer's time times its precision's measured ratio.  Its winner is
-picked by the same judge; the uniform policy at the plan precision is among its candidates, so a
+picked by the same judge; the uniform policy at stage 1's precision is among its candidates, so a
 stage-1 winner judged within leaves stage 2 a candidate within.
 """
 
@@ -97,9 +98,11 @@ def precision_ratios(s: Search, model: nn.Module, fp32_onnx: Path, fp32_file: Pa
 
 
 # --------------------------------------------------------------------------- stage 1
-def stage1_region(s: Search, precision: str, base_ratio: float) -> tuple[list[PruneGroup], list[StepLayer], Region, str,
-                                                                          dict[str, float]]:
-    """Stage 1's groups, the agent's steps and the region (see :mod:`hwcompress.search.region`)."""
+def stage1_region(s: Search, ratios: dict[str, float]) -> tuple[list[PruneGroup], list[StepLayer], Region, str,
+                                                                dict[str, float]]:
+    """Stage 1's groups, the agent's steps and the region (see :mod:`hwcompress.search.region`) over
+    the uniform precisions ``ratios`` plans (fp32 and each lower one measured <= ``PLAN_MIN_GAIN`` x fp32
+    on the baseline)."""
     from hwcompress.prune import layer_table, prunable_groups
 
     cfg = s.cfg
@@ -114,34 +117,35 @@ def stage1_region(s: Search, precision: str, base_ratio: float) -> tuple[list[Pr
         macs_wall = s.base_macs * s.budget.aim_ms / s.base_ms if cfg.wall else float("inf")
         model = LatencyModel(cost_model(groups, rows, times), s.base_ms)
         return groups, steps, CostRegion(model, channels, limit=macs_wall, macs_only=True, **common), "macs", {}
-    if not has_table(s.target):
-        model = LatencyModel(cost_model(groups, rows, times), s.base_ms * base_ratio)
-        return groups, steps, CostRegion(model, channels, limit=wall, **common), "cost", {}
+    planned = {p: r for p, r in ratios.items() if p == "fp32" or r <= PLAN_MIN_GAIN} or {"fp32": 1.0}
+    if not has_table(s.target):  # one precision: the fastest planned (no table to predict the others per candidate)
+        prec = min(planned, key=lambda p: planned[p])
+        model = LatencyModel(cost_model(groups, rows, times), s.base_ms * planned[prec])
+        return groups, steps, CostRegion(model, channels, limit=wall, precision=prec, **common), "cost", {}
     from hwcompress.latency.graph import extract_templates
-    from hwcompress.latency.predictor import TablePredictor
     from hwcompress.latency.table import build_table, plan_grid
 
     templates = extract_templates(s.base_onnx, {r.name: r.group for r in rows})
     grid = plan_grid(templates, {g.index: g.channels for g in groups}, s.target.channel_multiple)
-    s.reporter.message(f"latency table of {s.cfg.model} on {s.target.name} at {precision} (cached entries are reused)")
-    table = build_table(templates, grid, s.target, cache=s.cache, precisions=(precision,), workdir=s.run_dir)
+    s.reporter.message(f"latency table of {s.cfg.model} on {s.target.name} at {', '.join(planned)} (cached entries "
+                       "are reused)")
+    table = build_table(templates, grid, s.target, cache=s.cache, precisions=tuple(planned), workdir=s.run_dir)
     s.reporter.message(f"latency table: {len(table)} entries ({table.measured} measured, {table.cached} from the "
                        f"cache) in {table.seconds:.1f} s")
-    region = TableRegion(TablePredictor(table, templates), groups, limit=wall, baseline_ms=s.base_ms * base_ratio,
-                         precision=precision, **common)
+    region = TableRegion(table, templates, groups, limit=wall, baseline_ms={p: s.base_ms * r for p, r in planned.items()},
+                         **common)
     info = {"entries": float(len(table)), "measured": float(table.measured), "cached": float(table.cached),
             "seconds": table.seconds}
     return groups, steps, region, "table", info
 
 
-def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: list[StepLayer], ratios: dict[str, float],
-                 precision: str) -> None:
+def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: list[StepLayer]) -> None:
     """Refuse (exit 3) before the episodes when even the most pruned model misses the budgets.
 
-    The floor (every group at its smallest choice) is built in the plan precision and profiled
-    twice; its faster reading (times the best lower precision's ratio on the baseline, when the
-    plan is fp32) over the latency budget by more than ``REACH_MARGIN``, or its file over the size
-    budget at the smallest precision the target offers, ends the search unless ``allow_over_budget``.
+    The floor (every group at its smallest choice) is built in each precision the region may build
+    and profiled twice; its fastest reading over the latency budget by more than ``REACH_MARGIN``,
+    or its file over the size budget at the smallest precision the target offers, ends the search
+    unless ``allow_over_budget``.
     """
     from hwcompress.profiling.measure import measure
     from hwcompress.search.run import _over
@@ -149,19 +153,22 @@ def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: li
     cfg, b = s.cfg, s.budget
     floor = CompressionPolicy(keep={st.name: float(region.choices(i)[0]) for i, st in enumerate(steps)
                                     if region.choices(i)[0] < 1.0})
-    path = evaluator.measured_file(evaluator.build(floor), s.workdir / f"floor-{floor.digest()}")
-    fastest = min((measure(path, s.target, cache=s.cache, force=r > 0) for r in range(2)),
-                  key=lambda m: m.latency.median_ms)
-    factor = min([r for p, r in ratios.items() if r < 1.0 and p != "fp32"], default=1.0) if precision == "fp32" else 1.0
-    reach_ms = fastest.latency.median_ms * factor
+    model = evaluator.build(floor)
+    readings = {}
+    for prec in region.precisions:
+        path = evaluator.measured_file(model, s.workdir / f"floor-{prec}-{floor.digest()}", prec)
+        readings[prec] = min((measure(path, s.target, cache=s.cache, force=r > 0) for r in range(2)),
+                             key=lambda m: m.latency.median_ms)
+    precision = min(readings, key=lambda p: readings[p].latency.median_ms)
+    fastest = readings[precision]
+    reach_ms = fastest.latency.median_ms
     misses: list[str] = []
     hint = ""
     if reach_ms > b.latency_ms * REACH_MARGIN:
         misses.append(
             f"--latency-budget {b.spec} ({b.latency_ms:.3f} ms) is out of reach on {s.target.name}: the most pruned "
             f"model the search can make (keep {cfg.lower_bound:g} in every layer) measures {reach_ms:.3f} ms "
-            f"at {precision if factor == 1.0 else 'its fastest measured precision'}, {_over(reach_ms, b.latency_ms)} "
-            "over the budget")
+            f"at its fastest precision ({precision}), {_over(reach_ms, b.latency_ms)} over the budget")
         hint = f"give --latency-budget {reach_ms / s.base_ms * 1.05:.2f}x or more, or a lower --lower-bound"
     if b.size_bytes is not None:
         bits = min((BITS.get(p, 32) for p in s.target.precisions), default=32) if "quant" in cfg.stages else 32
@@ -181,29 +188,24 @@ def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: li
 def run_stage1(s: Search) -> Stage1Report:
     cfg = s.cfg
     measured = cfg.prune_cost == "measured"
-    ratios: dict[str, float] = {}
-    precision = "fp32"
+    ratios: dict[str, float] = {"fp32": 1.0}
     if measured and "quant" in cfg.stages and cfg.quant_cost == "measured":
         ratios = precision_ratios(s, s.base.model, s.base_onnx, s.base_file, "baseline")
-        lower = {p: r for p, r in ratios.items() if p != "fp32"}
-        if lower and min(lower.values()) <= PLAN_MIN_GAIN:
-            precision = min(lower, key=lambda p: lower[p])
-        shown = ", ".join(f"{p} {r:.2f}x" for p, r in sorted(lower.items(), key=lambda kv: kv[1]))
-        s.reporter.message(f"baseline at lower precision, measured beside fp32: {shown or 'none'}; stage-1 candidates "
-                           f"are measured at {precision}")
-    groups, steps, region, kind, table_info = stage1_region(s, precision, ratios.get(precision, 1.0))
+        shown = ", ".join(f"{p} {r:.2f}x" for p, r in sorted(ratios.items(), key=lambda kv: kv[1]) if p != "fp32")
+        s.reporter.message(f"baseline at lower precision, measured beside fp32: {shown or 'none'}")
+    groups, steps, region, kind, table_info = stage1_region(s, ratios)
     size = s.budget.size_bytes
-    if size is not None and precision == "fp32" and "quant" in cfg.stages and "int8" in s.target.precisions:
+    if size is not None and region.precisions == ("fp32",) and "quant" in cfg.stages and "int8" in s.target.precisions:
         size *= 4.0  # stage 2 may store the weights in int8
     evaluator = PruneEvaluator(
         s.ctx, s.base.model, cost=cfg.prune_cost, budget_ms=s.budget.aim_ms, size_budget=size,
         budget_macs=s.base_macs * s.budget.aim_ms / s.base_ms, base_macs=s.base_macs,
-        region=region if measured else None, group_index={g.name: g.index for g in groups}, precision=precision,
+        region=region if measured else None, group_index={g.name: g.index for g in groups},
         calib_x=s.splits.calib.x,
         on_candidate=lambda c, w: s.reporter.candidate("prune", evaluator.episode, c, evaluator.state.best, w),
     )
     if measured:
-        _check_reach(s, evaluator, region, steps, ratios, precision)
+        _check_reach(s, evaluator, region, steps)
     env = PruneEnv(steps, evaluator, region=region, lower_bound=cfg.lower_bound,
                    channel_multiple=s.target.channel_multiple)
     runner = StageRunner("prune", env, len(steps), s.agent_cfg(cfg.warmup_episodes), s.run_dir / "ckpt")
@@ -219,7 +221,8 @@ def run_stage1(s: Search) -> Stage1Report:
     if measured:
         def file_of(c: Candidate) -> Path:
             path = s.candidate_file(c)
-            return path if path.is_file() else evaluator.measured_file(evaluator.build(c.policy), path.with_suffix(""))
+            return path if path.is_file() else evaluator.measured_file(evaluator.build(c.policy), path.with_suffix(""),
+                                                                       c.policy.default_precision)
 
         def project(c: Candidate, v: Verdict) -> Candidate | None:
             keep = evaluator.keep_vector(c.policy)
@@ -235,7 +238,8 @@ def run_stage1(s: Search) -> Stage1Report:
     return Stage1Report(
         policy=best.policy if best else CompressionPolicy(), best=best,
         within=any(j.verdict.within for j in judged) if measured else evaluator.state.best_within,
-        precision=precision, precision_ratios=ratios, region=kind, candidates=evaluator.state.evaluated,
+        precision=best.policy.default_precision if best else "fp32", planned=tuple(region.precisions),
+        precision_ratios=ratios, region=kind, candidates=evaluator.state.evaluated,
         failures=evaluator.state.failures, predictions_within_10pct=within_rate, table=table_info, judged=tuple(judged),
     )
 
@@ -346,7 +350,7 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
     s.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes if s.resume else 0)
     if measured:
         # The plain choices first, as ordinary candidates (episode 0): all fp32, and all at each precision
-        # measured faster than fp32 (the plan precision among them); the mix predictor is fitted on them.
+        # measured faster than fp32 (stage 1's precision among them); the mix predictor is fitted on them.
         seeds = [p for p in s.target.precisions if p in ("fp32", precision) or speed.get(p, 2.0) < 1.0]
         points = []
         for prec in seeds:

@@ -60,14 +60,16 @@ class Judged(Record):
 
 @dataclass(frozen=True)
 class Stage1Report(Record):
-    """Stage 1's outcome.  ``precision``: what every candidate was measured in (stage 2 starts from
-    it): the fastest uniform precision measured on the baseline when a measured stage 2 follows,
-    else fp32.  ``region``: table | cost | macs (see :mod:`hwcompress.search.region`)."""
+    """Stage 1's outcome.  ``planned``: the uniform precisions candidates could be built in (fp32 and,
+    when a measured stage 2 follows, each lower one measured at most 0.95x fp32 on the baseline); each
+    candidate was built in the one the region predicted fastest for it; ``precision``: the winner's
+    (stage 2 starts from it).  ``region``: table | cost | macs (see :mod:`hwcompress.search.region`)."""
 
     policy: CompressionPolicy
     best: Candidate | None
     within: bool
     precision: str
+    planned: tuple[str, ...]
     precision_ratios: dict[str, float]
     region: str
     candidates: int

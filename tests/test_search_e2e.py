@@ -107,7 +107,7 @@ def _assert_run_records(run: Path, manifest: dict[str, object], lines: list[dict
     assert s1.region == "table" and s1.table["entries"] > 0
     assert s1.table["measured"] + s1.table["cached"] == s1.table["entries"]
     hit, n = s1.predictions_within_10pct
-    assert 0 <= hit <= n == len(prune)
+    assert 0 <= hit <= n == len(prune) + len(s1.planned)  # every candidate, and the floor at each planned precision
     # each stage's winner was picked by the judge: candidates judged beside the baseline at the budget's aim,
     # in pairs (4-10) until the interval was on one side of it; the winner is the first judged within,
     # else the fastest judged

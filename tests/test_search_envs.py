@@ -77,8 +77,15 @@ def test_action_wall_keeps_prediction_within_budget() -> None:
         env.reset()
         for _ in layers:
             env.step(np.array([1.0], dtype=np.float32))  # the agent asks to keep everything
-        assert model.predict(env.keep) <= budget + 1e-9
+        # held to the limit widened by the predictor's error band (10 % before any measurement)
+        assert region.wall_limit() == pytest.approx(budget * 1.10)
+        assert model.predict(env.keep) <= region.wall_limit() + 1e-9
         assert env.walled > 0
+    # measured predictions within 1 %: the band narrows to its 2 % floor
+    region.errors.extend([0.01, -0.005, 0.002])
+    assert region.wall_limit() == pytest.approx(budget * 1.02)
+    exact = CostRegion(model, [la.channels for la in layers], multiple=4, lower_bound=0.2, limit=budget, macs_only=True)
+    assert exact.wall_limit() == budget  # MACs carry no error
     # without a finite limit the region only offers choices: the agent keeps everything
     free = PruneEnv(layers, lambda p: EpisodeOutcome(0.0, {}), region=CostRegion(
         model, [la.channels for la in layers], multiple=4, lower_bound=0.2, limit=float("inf")), lower_bound=0.2)

@@ -154,7 +154,8 @@ class PruneEnv(_LayerwiseEnv):
     The region (:mod:`hwcompress.search.region`) offers each group's keep ratios (counts on the
     channel multiple; on a measured table only the fast ones) and predicts a candidate's cost.
     With a finite ``region.limit``, an action wall as in AMC: each keep ratio is capped so that the
-    prediction, with every later group at its smallest choice, stays within the limit.
+    prediction, with every later group at its smallest choice, stays within ``region.wall_limit()``
+    (the limit widened by the predictor's observed error band).
     """
 
     def __init__(
@@ -184,7 +185,7 @@ class PruneEnv(_LayerwiseEnv):
         self.walled = 0
 
     def wall(self, i: int) -> float:
-        """Largest choice for group ``i`` whose prediction (later groups at their smallest) fits the limit."""
+        """Largest choice for group ``i`` whose prediction (later groups at their smallest) fits the wall."""
         region = self.region
         if region is None or not np.isfinite(region.limit):
             return 1.0
@@ -192,9 +193,10 @@ class PruneEnv(_LayerwiseEnv):
         for j in range(i + 1, len(self.layers)):
             trial[j] = self.choices(j)[0]
         best = float(self.choices(i)[0])
+        limit = region.wall_limit()
         for r in self.choices(i):
             trial[i] = r
-            if region.predict(trial) <= region.limit:
+            if region.predict(trial) <= limit:
                 best = float(r)
         return best
 

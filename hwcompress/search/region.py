@@ -46,6 +46,8 @@ class Region(Protocol):
 
     def precision_for(self, keep: np.ndarray) -> str: ...
 
+    def wall_limit(self) -> float: ...
+
     def observe(self, keep: np.ndarray, measured: float, precision: str = "fp32") -> float: ...
 
     def project(self, keep: np.ndarray, limit: float, steps: int = 24) -> np.ndarray: ...
@@ -66,8 +68,15 @@ def keep_choices(channels: int, multiple: int, lower_bound: float) -> np.ndarray
     return np.asarray(ok if ok.size else ratios[:1], dtype=np.float64)
 
 
+BAND_PRIOR = 0.10  # the wall's error band before the region has seen a measurement
+BAND_RANGE = (0.02, 0.15)  # ... and the range of the observed one (median |error| of recent predictions)
+BAND_WINDOW = 20
+
+
 class _Base(abc.ABC):
-    """Choices on the channel multiple; a projection that keeps a candidate's shape."""
+    """Choices on the channel multiple; a projection that keeps a candidate's shape; the wall's limit."""
+
+    exact = False  # predictions carry no error (MACs): the wall holds them to the limit itself
 
     def __init__(self, channels: Sequence[int], *, multiple: int, lower_bound: float, limit: float) -> None:
         self.channels = [int(c) for c in channels]
@@ -75,9 +84,21 @@ class _Base(abc.ABC):
         self.lower_bound = lower_bound
         self.limit = limit
         self._choices = [keep_choices(c, self.multiple, lower_bound) for c in self.channels]
+        self.errors: list[float] = []  # relative error of each prediction before its measurement refitted
 
     def choices(self, i: int) -> np.ndarray:
         return self._choices[i]
+
+    def wall_limit(self) -> float:
+        """What the action wall holds predictions to: ``limit`` widened by the predictor's error band
+        (the median |relative error| of its last predictions, within ``BAND_RANGE``), so that a
+        candidate the predictor cannot tell from within is measured rather than walled off; the
+        measurement, the reward's penalty and the judge decide it."""
+        if self.exact or not np.isfinite(self.limit):
+            return self.limit
+        recent = [abs(e) for e in self.errors[-BAND_WINDOW:]]
+        band = float(np.median(recent)) if recent else BAND_PRIOR
+        return self.limit * (1.0 + min(max(band, BAND_RANGE[0]), BAND_RANGE[1]))
 
     @abc.abstractmethod
     def predict(self, keep: np.ndarray) -> float:
@@ -153,7 +174,6 @@ class TableRegion(_Base):
         self.precisions = tuple(baseline_ms)
         full = np.ones(len(self.groups))
         self._fits = {p: _Fit(self.feature(full, p), float(ms)) for p, ms in baseline_ms.items()}
-        self.errors: list[float] = []  # relative error of each prediction before its measurement refitted
         self._choices = [self._fast(i) for i in range(len(self.groups))]
 
     def counts(self, keep: np.ndarray) -> dict[int, int]:
@@ -206,7 +226,7 @@ class CostRegion(_Base):
                  limit: float, macs_only: bool = False, precision: str = "fp32") -> None:
         super().__init__(channels, multiple=multiple, lower_bound=lower_bound, limit=limit)
         self.model = model
-        self.macs_only = macs_only
+        self.macs_only = self.exact = macs_only
         self.precisions: tuple[str, ...] = (precision,)
         self.errors = model.errors
 

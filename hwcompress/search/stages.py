@@ -159,6 +159,9 @@ def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: li
         path = evaluator.measured_file(model, s.workdir / f"floor-{prec}-{floor.digest()}", prec)
         readings[prec] = min((measure(path, s.target, cache=s.cache, force=r > 0) for r in range(2)),
                              key=lambda m: m.latency.median_ms)
+    keep = evaluator.keep_vector(floor)
+    for prec, m in readings.items():  # the floor is a measured candidate too: the region's fit gets its far end
+        region.observe(keep, m.latency.median_ms, prec)
     precision = min(readings, key=lambda p: readings[p].latency.median_ms)
     fastest = readings[precision]
     reach_ms = fastest.latency.median_ms

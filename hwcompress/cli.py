@@ -352,7 +352,8 @@ def demo(
     search(
         target=target, model=model, checkpoint=None, data=data, latency_budget="0.5x", size_budget=None,
         memory_budget=None, stages="prune,quant", episodes=episodes, quant_episodes=quant_episodes, warmup=10,
-        time_budget=None, agent="ddpg", reward="accuracy", cost="measured", finetune_epochs=1, val_limit=2000,
+        time_budget=None, agent="ddpg", reward="accuracy", cost="measured", finetune_epochs=1, recovery_steps=100,
+        val_limit=2000,
         test_limit=None, seed=0, out_dir=out_dir, run_dir=Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"),
         resume=None, force=True, cache=cache, host=None, port=None, user=None, key=None, remote_python=None,
         known_hosts=None, trust_new_host=False,
@@ -532,6 +533,8 @@ def search(
     reward: Annotated[str, typer.Option("--reward", help="accuracy (validation) or label-free (similarity to the original)")] = "accuracy",
     cost: Annotated[str, typer.Option("--cost", help="measured, or a proxy: flops (stage 1), bitops (stage 2), flops,bitops")] = "measured",
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Distillation epochs after stage 1")] = 1,
+    recovery_steps: Annotated[int, typer.Option(
+        "--recovery-steps", help="Distillation steps each stage-1 candidate gets before it is scored (0: none)")] = 100,
     val_limit: Annotated[int, typer.Option("--val-images", help="Validation images per candidate")] = 2000,
     test_limit: Annotated[int | None, typer.Option("--test-images", help="Test images for the final figures (default: all)")] = None,
     guard: Annotated[float, typer.Option("--guard", help="Candidates must meet the latency budget by this margin (0.02 = 2%)")] = 0.02,
@@ -576,7 +579,7 @@ def search(
                 stages=tuple(s.strip() for s in stages.split(",") if s.strip()), prune_episodes=episodes,
                 quant_episodes=quant_episodes, warmup_episodes=warmup, time_budget_s=time_budget, agent=agent,
                 score=reward, prune_cost=prune_cost, quant_cost=quant_cost, finetune_epochs=finetune_epochs,
-                val_limit=val_limit, test_limit=test_limit, seed=seed, out=str(out_dir), force=force, guard=guard,
+                recovery_steps=recovery_steps, val_limit=val_limit, test_limit=test_limit, seed=seed, out=str(out_dir), force=force, guard=guard,
             )
             rd = run_dir or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
             if rd.exists() and any(rd.iterdir()):

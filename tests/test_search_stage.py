@@ -89,3 +89,36 @@ def test_deadline_stops_at_episode_boundary(tmp_path: Path) -> None:
 
     progress = runner.run(episodes=1000, deadline=time.monotonic())
     assert progress.episodes == 1 and len(ev.calls) == 1
+
+
+@pytest.mark.parametrize("agent", ["ddpg", "ppo"])
+def test_seed_episodes_play_first_and_fill_the_buffer(agent: str, tmp_path: Path) -> None:
+    from hwcompress.search.stages import seed_actions
+
+    ev = FakeEval()
+    env = PruneEnv(_layers(), ev, channel_multiple=8, lower_bound=0.25)
+    runner = StageRunner("prune", env, 5, AgentConfig(name=agent, warmup_episodes=2, batch_size=8), tmp_path)
+    half = np.full(5, 0.5)
+    mixed = np.array([0.25, 0.5, 0.75, 1.0, 0.5])
+    runner.run(episodes=4, seeds=[seed_actions(half, 0.25), seed_actions(mixed, 0.25)])
+    # the seeds are the first two candidates, exactly as given
+    assert [ev.calls[0].keep.get(f"g{i}", 1.0) for i in range(5)] == pytest.approx(half)
+    assert [ev.calls[1].keep.get(f"g{i}", 1.0) for i in range(5)] == pytest.approx(mixed)
+    assert runner.progress.episodes >= 4
+    if agent == "ddpg":  # off-policy: the seeds' transitions are in the replay buffer, with the actions taken
+        buf = runner.agent.replay_buffer  # type: ignore[union-attr]
+        assert buf.pos >= 20
+        assert buf.actions[:5, 0, 0] == pytest.approx(seed_actions(half, 0.25), abs=1e-6)
+        assert buf.dones[4, 0] == 1 and buf.dones[:4, 0].sum() == 0
+    # a resumed stage does not play its seeds again
+    calls = len(ev.calls)
+    f = tmp_path / "prune-state.json"
+    import json
+
+    data = json.loads(f.read_text())
+    data["progress"]["finished"] = False
+    f.write_text(json.dumps(data))
+    again = StageRunner("prune", PruneEnv(_layers(), ev, channel_multiple=8, lower_bound=0.25), 5,
+                        AgentConfig(name=agent, warmup_episodes=2, batch_size=8), tmp_path)
+    again.run(episodes=runner.progress.episodes + 1, resume=True, seeds=[seed_actions(half, 0.25)])
+    assert all(p.keep != ev.calls[0].keep for p in ev.calls[calls:])

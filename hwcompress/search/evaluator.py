@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from hwcompress.data import DataSplits, Split
     from hwcompress.profiling.cache import MeasurementCache
+    from hwcompress.recovery import Recovery
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class EvalContext:
     penalty: float = 2.0
     size_budget: float | None = None
     memory_budget: float | None = None
+    recovery: Recovery | None = None  # stage 1: a short distillation before a candidate is scored
 
     def val(self) -> Split:
         return self.splits.val.head(self.val_limit)
@@ -239,6 +241,12 @@ class PruneEvaluator:
         return device_file(pruned, self.ctx.input_shape, stem, self.ctx.target, policy, self.calib_x)
 
     def score(self, pruned: nn.Module) -> float:
+        """Accuracy (or similarity) on the validation images, after the context's short recovery when it has
+        one (``pruned`` is trained in place: measure it first)."""
+        if self.ctx.recovery is not None:
+            from hwcompress.recovery import recover
+
+            recover(pruned, self.ctx.recovery)
         if self.ctx.score_mode == "label-free":
             from hwcompress.similarity import similarity
 

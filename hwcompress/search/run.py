@@ -46,12 +46,16 @@ if TYPE_CHECKING:
 
     from hwcompress.data import DataSplits
     from hwcompress.records import Target
+    from hwcompress.recovery import Recovery
 
 log = logging.getLogger(__name__)
 
 STAGES = ("prune", "quant")
 COSTS_PRUNE = ("measured", "flops")
 COSTS_QUANT = ("measured", "bitops")
+#: Distillation steps each stage-1 candidate gets before it is scored (:mod:`hwcompress.recovery`;
+#: ``tools/bench_reward.py`` measured how well the signal predicts the accuracy after fine-tuning).
+RECOVERY_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class SearchConfig:
     prune_cost: str = "measured"
     quant_cost: str = "measured"
     finetune_epochs: int = 1
+    recovery_steps: int = RECOVERY_STEPS  # distillation steps before a stage-1 candidate is scored (0: none)
     val_limit: int = 2000
     test_limit: int | None = None
     lower_bound: float = 0.2
@@ -107,6 +112,8 @@ class SearchConfig:
             raise UsageError("--guard must be in [0, 0.5)")
         if self.finetune_epochs < 0:
             raise UsageError("--finetune-epochs must be >= 0")
+        if not 0 <= self.recovery_steps <= 5000:
+            raise UsageError(f"--recovery-steps {self.recovery_steps}: give 0 (score right after pruning) to 5000")
         parse_budget(self.latency_budget, "--latency-budget")
         if self.size_budget:
             parse_budget(self.size_budget, "--size-budget", unit="b")
@@ -295,12 +302,22 @@ class Search:
             target=self.target, input_shape=self.shape, splits=self.splits, cache=self.cache, workdir=self.workdir,
             log=self.log, score_mode=cfg.score, val_limit=cfg.val_limit, penalty=cfg.penalty,
             size_budget=self.budget.size_bytes, memory_budget=self.budget.memory_bytes,
+            recovery=self._recovery(),
         )
         self.deadline = time.monotonic() + cfg.time_budget_s if cfg.time_budget_s else None
         self.reporter.message(
             f"baseline {self.base_ms:.3f} ms (spread {self.base_measurement.latency.robust_cv * 100:.1f}%), "
             f"accuracy {self.base.test_accuracy * 100:.2f}%; latency budget {self.budget.latency_ms:.3f} ms"
         )
+
+    def _recovery(self) -> Recovery | None:
+        """The short distillation each stage-1 candidate gets before it is scored (None: scored as pruned)."""
+        if self.cfg.recovery_steps <= 0:
+            return None
+        from hwcompress.recovery import make_recovery
+
+        return make_recovery(self.base.model, self.splits.train, self.cfg.recovery_steps, seed=self.cfg.seed,
+                             labels=self.cfg.score == "accuracy")
 
     def _baseline_measurement(self) -> Measurement:
         """The baseline's measurement, the scale of the search's readings: the fastest of

@@ -17,7 +17,7 @@ import logging
 import pickle
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,7 +142,10 @@ class StageRunner:
         log.info("%s: resumed after %d episodes", self.name, self.progress.episodes)
 
     # ----------------------------------------------------------------- run
-    def run(self, episodes: int, deadline: float | None = None, resume: bool = False) -> StageProgress:
+    def run(self, episodes: int, deadline: float | None = None, resume: bool = False,
+            seeds: Sequence[Sequence[float]] = ()) -> StageProgress:
+        """``seeds``: episodes given as one raw action per step, played first on a fresh start (a resumed
+        stage has them in its checkpoint): known good policies the agent starts from."""
         from stable_baselines3.common.callbacks import BaseCallback
 
         if resume and self.has_checkpoint():
@@ -150,6 +153,10 @@ class StageRunner:
         else:
             self.agent = make_agent(self.cfg, self.env, self.episode_len)
             self.progress = StageProgress()
+            for actions in seeds:
+                if self.progress.episodes >= episodes:
+                    break
+                self._seed_episode(actions)
         if self.progress.finished or self.progress.episodes >= episodes:
             self.progress.finished = True
             return self.progress
@@ -209,6 +216,30 @@ class StageRunner:
         self.progress.finished = True
         self.checkpoint()
         return self.progress
+
+    def _seed_episode(self, actions: Sequence[float]) -> None:
+        """One episode with the given actions (the env's wall may still cap them): its candidate is evaluated
+        like any other and, for off-policy agents, its transitions go into the replay buffer, shaped as
+        the agent's own (:meth:`_shape_buffer`), so that learning starts from it."""
+        assert self.agent is not None
+        if len(actions) != self.episode_len:
+            raise ValueError(f"a seed episode needs {self.episode_len} actions, got {len(actions)}")
+        buf = self.agent.replay_buffer if self.cfg.name in OFF_POLICY else None  # type: ignore[attr-defined]
+        obs, _ = self.env.reset()
+        effective: list[float] = []
+        reward, info = 0.0, dict[str, Any]()
+        for a in actions:
+            act = np.array([float(np.clip(a, -1.0, 1.0))], dtype=np.float32)
+            nxt, r, done, _, info = self.env.step(act)
+            reward = float(r)
+            effective.append(float(info.get("effective_action", act[0])))
+            if buf is not None:
+                buf.add(obs[None], nxt[None], act[None], np.array([reward]), np.array([done]), [info])
+            obs = nxt
+        self.progress.episodes += 1
+        if buf is not None:
+            self._shape_buffer(effective, float(reward))
+        self._end_episode(float(reward), info)
 
     def _shape_buffer(self, effective: list[float], final_reward: float) -> None:
         """AMC: every transition of the episode gets (final reward - moving baseline); real actions stored."""

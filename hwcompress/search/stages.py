@@ -188,6 +188,20 @@ def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: li
     s.reporter.message("; ".join(misses) + " (searching anyway: --allow-over-budget)")
 
 
+def stage1_seeds(s: Search, region: Region, groups: Sequence[PruneGroup]) -> dict[str, np.ndarray]:
+    """Known good keep vectors the agent's first episodes play (the agent refines the best known policy
+    instead of starting from noise): uniform pruning, every group scaled down together to the region's
+    limit on the predictor."""
+    uniform = region.project(np.ones(len(groups)), region.limit)
+    return {"uniform": uniform}
+
+
+def seed_actions(keep: np.ndarray, lower_bound: float) -> list[float]:
+    """The raw actions that make :class:`PruneEnv` choose ``keep`` (the inverse of its action mapping)."""
+    span = 1.0 - lower_bound
+    return [float(np.clip(2.0 * (k - lower_bound) / span - 1.0, -1.0, 1.0)) if span > 0 else 1.0 for k in keep]
+
+
 def run_stage1(s: Search) -> Stage1Report:
     cfg = s.cfg
     measured = cfg.prune_cost == "measured"
@@ -216,8 +230,12 @@ def run_stage1(s: Search) -> Stage1Report:
         evaluator.restore(s.log.read())
         evaluator.episode = runner.load_progress().episodes
     s.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes if s.resume else 0)
+    seeds = stage1_seeds(s, region, groups) if measured and np.isfinite(region.limit) else {}
+    if seeds and not (s.resume and runner.has_checkpoint()):
+        s.reporter.message(f"stage 1 starts from the {' and '.join(seeds)} solution(s) on the predicted region")
     t0 = time.monotonic()
-    runner.run(cfg.prune_episodes, deadline=s.deadline, resume=s.resume)
+    runner.run(cfg.prune_episodes, deadline=s.deadline, resume=s.resume,
+               seeds=[seed_actions(k, cfg.lower_bound) for k in seeds.values()])
     s.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes)
     s.seconds["prune_search"] = time.monotonic() - t0
     best, judged = evaluator.state.best, list[Judged]()

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--macs", type=float, default=0.35, help="MACs ratio every candidate is scaled to")
     p.add_argument("--lower-bound", type=float, default=0.2)
     p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--train-images", type=int, default=None,
+                   help="fine-tune on the first N training images only (cheaper; default: all, as a search does)")
     p.add_argument("--val-images", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", default="x86-cpu", help="its channel multiple is used")
@@ -115,11 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         row_file = work / f"cand-{i:02d}.json"
         if row_file.is_file():
             row = json.loads(row_file.read_text())
-            if row.get("keep") == keep and row.get("steps") == steps and row.get("epochs") == args.finetune_epochs:
+            if (row.get("keep"), row.get("steps"), row.get("epochs"), row.get("train_images")) == (
+                    keep, steps, args.finetune_epochs, args.train_images):
                 rows.append(row)
                 continue
         policy = CompressionPolicy(keep=keep)
-        row = {"keep": keep, "steps": steps, "epochs": args.finetune_epochs, "scores": {}, "seconds": {}}
+        row = {"keep": keep, "steps": steps, "epochs": args.finetune_epochs, "train_images": args.train_images,
+               "scores": {}, "seconds": {}}
 
         def pruned(policy: CompressionPolicy = policy) -> Any:
             m = apply_policy(teacher, policy, shape, channel_multiple=target.channel_multiple)
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             row["seconds"][f"recovery-{n}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         m = pruned()
-        res = finetune(m, teacher, splits, epochs=args.finetune_epochs, seed=args.seed, progress=False, test=True)
+        res = finetune(m, teacher, splits, epochs=args.finetune_epochs, seed=args.seed, progress=False, test=True,
+                       train_limit=args.train_images)
         row["finetuned"] = res.test_accuracy
         row["seconds"]["finetuned"] = time.perf_counter() - t0
         from hwcompress.fsutil import atomic_write_text

@@ -78,6 +78,7 @@ def parse_result(script: str, result: dict[str, Any], target: Target) -> Measure
             timestamp=str(result["timestamp"]),
             profiler_version=str(result["profiler_version"]),
             per_node_us={str(n["name"]): float(n["mean_us"]) for n in per_node.get("nodes", [])},
+            board=target.connection.board,
         )
     except (RecordError, TypeError, ValueError, KeyError) as exc:
         raise ProfilerError(f"{script} result is malformed: {exc}") from None
@@ -198,8 +199,11 @@ def _profile_once(adapter: ProfilerAdapter, runner: Runner, model: Path, target:
 
 
 def replace_target(m: Measurement, target: Target) -> Measurement:
-    """``m`` labelled with ``target``'s name (two targets with equal settings share cache entries)."""
-    return m if m.target == target.name else dataclasses.replace(m, target=target.name)
+    """``m`` labelled with ``target``'s name (two targets with equal settings share cache entries) and,
+    for a record from before boards were named, with the board its settings digest names."""
+    if m.target == target.name and m.board:
+        return m
+    return dataclasses.replace(m, target=target.name, board=m.board or target.connection.board)
 
 
 def probe(target: Target, runner: Runner | None = None, timeout_s: float | None = None) -> dict[str, Any]:

@@ -550,10 +550,18 @@ def search(
     trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="Add an unknown host key to known_hosts (says so)")] = False,
     allow_over_budget: Annotated[bool, typer.Option(
         "--allow-over-budget", help="Write the artifact even when the result is over a budget (still exit 3)")] = False,
+    hosts: Annotated[str | None, typer.Option(
+        "--hosts", help="A pool of boards of the target, measuring at once: [user@]host[:port],... (Ray; docs/pool.md)")] = None,
+    pool_file: Annotated[Path | None, typer.Option(
+        "--pool", help="A pool file: TOML [[board]] tables (or JSON) with host, user, port, key per board")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Join this Ray cluster for the pool (default: a local Ray instance)")] = None,
+    board_wait: Annotated[float, typer.Option(
+        "--board-wait", help="With every board of the pool down, seconds to wait for one before stopping")] = 60.0,
 ) -> None:
     """Two-stage DRL search with latency measured on the target; writes an artifact.
 
-    Exit codes: 0 the result meets every budget; 2 bad input (nothing searched); 3 the result is over a budget on the final measurement, or a budget is out of reach (the artifact is written only with --allow-over-budget, its manifest saying budget_met: false).
+    Exit codes: 0 the result meets every budget; 2 bad input (nothing searched), or the device (every board of a pool) lost mid-search (the line names the --resume command); 3 the result is over a budget on the final measurement, or a budget is out of reach (the artifact is written only with --allow-over-budget, its manifest saying budget_met: false).
     """
     from hwcompress.search.run import Search, SearchConfig
 
@@ -570,6 +578,11 @@ def search(
                 raise UsageError(f"--cost {cost}: use measured, flops, bitops or flops,bitops")
             connection = {k: v for k, v in {"host": host, "port": port, "user": user, "key": key, "python": remote_python,
                                             "known_hosts": known_hosts}.items() if v is not None}
+            boards = _boards(hosts, pool_file)
+            if len(boards) == 1:  # one board is one device: no pool, no Ray
+                if host is not None:
+                    raise UsageError("--host and --hosts both name the device: give one of them")
+                connection.update(boards.pop())
             cfg = SearchConfig(
                 model=model, checkpoint=checkpoint, data=data, target=target, connection=connection,
                 latency_budget=latency_budget, size_budget=size_budget, memory_budget=memory_budget,
@@ -577,6 +590,7 @@ def search(
                 quant_episodes=quant_episodes, warmup_episodes=warmup, time_budget_s=time_budget, agent=agent,
                 score=reward, prune_cost=prune_cost, quant_cost=quant_cost, finetune_epochs=finetune_epochs,
                 val_limit=val_limit, test_limit=test_limit, seed=seed, out=str(out_dir), force=force, guard=guard,
+                boards=tuple(boards), ray_address=ray_address, board_wait_s=board_wait,
             )
             rd = run_dir or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
             if rd.exists() and any(rd.iterdir()):
@@ -598,6 +612,17 @@ def search(
                   "written because of --allow-over-budget (manifest budget_met: false)",
                   markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(3)
+
+
+def _boards(hosts: str | None, pool_file: Path | None) -> list[dict[str, Any]]:
+    """The boards ``--hosts`` or ``--pool`` name (checked: one line and exit 2 on bad input)."""
+    from hwcompress.profiling.pool import load_pool_file, parse_hosts
+
+    if hosts is not None and pool_file is not None:
+        raise UsageError("--hosts and --pool both list boards: give one of them")
+    if hosts is not None:
+        return parse_hosts(hosts)
+    return load_pool_file(pool_file) if pool_file is not None else []
 
 
 def times(before: float, after: float, better: str, worse: str) -> str:
@@ -644,6 +669,11 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
         how = "beside the baseline" if v.reference_ms else "on fresh profiles"
         out.print(f"{stage} winner judged {how} before it was kept: {v.describe()}"
                   + (" (projected onto the predicted region)" if j.how == "projected" else ""))
+    pool = getattr(res, "pool", None) or {}
+    if pool:
+        shown = [f"{b['board']} ({b['state']}, scale {b['scale']:.3f}, {b['measured']} measurements)"
+                 for b in pool["boards"]]
+        out.print(f"boards (reference {pool['reference']}): " + "; ".join(shown))
     out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
     out.print(f"artifact: {res.artifact}\nrun folder: {res.run_dir}")
 

@@ -673,8 +673,10 @@ class DevicePool:
             self._cond.notify_all()
 
     def _lost_line(self) -> str:
-        return "every board of the pool is gone (" + "; ".join(
-            f"{b.name} {b.state}: {b.reason}" if b.reason else f"{b.name} {b.state}" for b in self.boards) + ")"
+        why = next((b.reason for b in self.boards if b.reason), "")
+        cut = why if len(why) <= 200 else why[:197] + "..."
+        return ("every board of the pool is gone (" + ", ".join(f"{b.name} {b.state}" for b in self.boards)
+                + (f"; {cut}" if cut else "") + ")")
 
     def _on_board(self, work: Callable[[Board], T], primary: bool) -> T:
         """``work`` on a board; a board lost meanwhile is marked down and ``work`` goes to another."""
@@ -754,9 +756,11 @@ class DevicePool:
         self.events.append({"t": time.strftime("%Y-%m-%dT%H:%M:%S"), "board": b.name, "event": what, "detail": detail})
         del self.events[:-MAX_EVENTS]
         line = f"board {b.name} {what}: {detail}"
-        (log.warning if warn else log.info)("%s", line)
-        if self.on_event is not None:
+        if self.on_event is not None:  # the front end shows it; the log keeps it
+            log.info("%s", line)
             self.on_event(line)
+        else:
+            (log.warning if warn else log.info)("%s", line)
 
     def state(self) -> dict[str, Any]:
         """The pool as ``pool.json`` keeps it: reference, tolerance, each board, the events."""

@@ -79,6 +79,7 @@ CALL_GRACE_S = 60.0
 #: Reconnects a board's SshRunner tries itself before the board counts as lost (the pool retries it later).
 BOARD_RECONNECTS = 1
 MAX_EVENTS = 500  # events kept in pool.json
+OVERHEADS_KEPT = 1000  # per board: the latest profiles' Ray overheads (their median is in pool.json)
 
 # board states
 UP, DOWN, DROPPED, GONE = "up", "down", "dropped", "gone"
@@ -233,12 +234,13 @@ class BoardWorker:
             local[name] = str(path)
         if missing:
             return {"ok": False, "missing": missing}
+        t0 = time.perf_counter()
         try:
             stdout = self.runner.run(script, [local.get(a, a) for a in args], [Path(p) for p in local.values()],
                                      timeout_s)
         except HwcompressError as exc:
             return _failure(exc)
-        return {"ok": True, "stdout": stdout}
+        return {"ok": True, "stdout": stdout, "seconds": time.perf_counter() - t0}
 
     def ping(self, timeout_s: float) -> dict[str, Any]:
         """One command on the board (connecting if needed): is it back?"""
@@ -380,6 +382,7 @@ class Board:
     retry_at: float = 0.0
     measured: int = 0
     shipped: set[str] = field(default_factory=set)
+    overhead_s: list[float] = field(default_factory=list)  # per profile: host wall - seconds in the board's SshRunner
 
     @property
     def name(self) -> str:
@@ -390,8 +393,9 @@ class Board:
         return dataclasses.replace(target, connection=self.target.connection)
 
     def summary(self) -> dict[str, Any]:
+        over = statistics.median(self.overhead_s) * 1000 if self.overhead_s else None
         return {"board": self.name, "state": self.state, "baseline_ms": self.baseline_ms, "scale": self.scale,
-                "measured": self.measured, "reason": self.reason}
+                "measured": self.measured, "reason": self.reason, "overhead_ms": over}
 
 
 class BoardRunner:
@@ -415,12 +419,15 @@ class BoardRunner:
             sha = sha256_file(f)
             items.append((str(f), sha, None if sha in b.shipped else Path(f).read_bytes()))
         limit = timeout_s + CALL_GRACE_S
+        t0 = time.perf_counter()
         reply = call(b.handle, "run", script, list(args), items, timeout_s, wait_s=limit)
         if reply.get("missing"):  # the worker was restarted: send them again
             items = [(n, s, Path(n).read_bytes()) for n, s, _ in items]
             reply = call(b.handle, "run", script, list(args), items, timeout_s, wait_s=limit)
         if reply.get("ok"):
             b.shipped.update(s for _, s, _ in items)
+            b.overhead_s.append(time.perf_counter() - t0 - float(reply.get("seconds", 0.0)))
+            del b.overhead_s[:-OVERHEADS_KEPT]
             return str(reply["stdout"])
         kind, message = str(reply.get("error", "")), str(reply.get("message", "no message"))
         if kind in _RAISE:

@@ -181,3 +181,58 @@ def test_every_board_gone_stops_the_search_with_its_resume_command(search_inputs
     assert len(digests) == len(set(digests))
     progress = json.loads((run / "ckpt" / "prune-state.json").read_text())["progress"]
     assert progress["episodes"] >= 8 and progress["finished"]  # the stage ran its episodes to the end
+
+
+# --------------------------------------------------------------------------- one search, several targets
+@pytest.mark.parametrize(("args", "pattern"), [
+    (("--target", "x86-cpu", "--target", "x86-cpu"), r"a target is named twice"),
+    (("--target", "x86-cpu", "--target", "raspberry-pi-4", "--hosts", "pi1,pi2"),
+     r"several --target options and a pool of boards"),
+    (("--target", "x86-cpu", "--target", "raspberry-pi-4", "--host", "pi1"), r"set each device in its target file"),
+])
+def test_bad_multi_target_options(args: tuple[str, ...], pattern: str, tmp_path: Path) -> None:
+    res = run_cli("search", *args, "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(res, pattern)
+
+
+@pytest.mark.slow
+def test_one_search_two_targets(search_inputs: dict[str, Path], tmp_path: Path) -> None:
+    if not sshd_available():
+        pytest.skip("OpenSSH server (/usr/sbin/sshd) is not installed: apt-get install openssh-server")
+    server = SshServer(tmp_path / "board").start()
+    try:
+        (tmp_path / "loop.toml").write_text(server.target_toml("onnxruntime"))
+        args = [sys.executable, "-m", "hwcompress", "search", "--target", "x86-cpu", "--target",
+                str(tmp_path / "loop.toml"), "--model", "resnet-20", "--checkpoint", str(search_inputs["checkpoint"]),
+                "--data", str(search_inputs["data"]), "--episodes", "4", "--quant-episodes", "2", "--warmup", "2",
+                "--finetune-epochs", "0", "--val-images", "200", "--test-images", "300", "--out", str(tmp_path / "out"),
+                "--run-dir", str(tmp_path / "run"), "--cache", str(tmp_path / "cache.sqlite"), "--allow-over-budget"]
+        res = subprocess.run(args, capture_output=True, text=True, timeout=2400, env=_env(tmp_path))
+    finally:
+        server.stop()
+    out, run = tmp_path / "out", tmp_path / "run"
+    met = {}
+    for key in ("x86-cpu", "loop"):
+        manifest = json.loads((out / key / "manifest.json").read_text())
+        met[key] = manifest["budget_met"]
+        assert manifest["target"]["name"] == key
+    assert res.returncode == (0 if all(met.values()) else 3), res.stderr[-3000:]
+    # stage 1 was shared: the lead's log holds every candidate measured on both devices, scored once
+    lead = _lines(run / "targets" / "x86-cpu" / "search.jsonl")
+    prune = [ln for ln in lead if ln["stage"] == "prune" and not ln["error"]]
+    assert prune and all(ln["measurement"]["board"] == "local" for ln in prune)
+    for ln in prune:
+        other = ln["targets"]["loop"]
+        assert other["measurement"]["board"] == f"127.0.0.1:{server.port}" and Path(other["file"]).is_file()
+    assert not [ln for ln in _lines(run / "targets" / "loop" / "search.jsonl") if ln["stage"] == "prune"]
+    # each target picked its own stage-1 winner, judged on its own device, among the shared candidates
+    s1 = json.loads((run / "targets" / "loop" / "stage1.json").read_text())
+    assert s1["region"] == "shared with x86-cpu" and s1["judged"]
+    assert {json.dumps(s1["policy"]["keep"], sort_keys=True)} <= {json.dumps(ln["policy"]["keep"], sort_keys=True)
+                                                                    for ln in prune}
+    # stage 2 per target, then one artifact per target and the report with a Pareto plot per device
+    assert (run / "targets" / "loop" / "stage2.json").is_file()
+    page = (out / "report.html").read_text()
+    assert "pareto-x86-cpu.png" in page and "pareto-loop.png" in page
+    assert (out / "pareto-x86-cpu.png").stat().st_size > 1000 and (out / "pareto-loop.png").stat().st_size > 1000
+    assert "report of every target, side by side" in res.stdout

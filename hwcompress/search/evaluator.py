@@ -184,6 +184,29 @@ def _candidate_record(cand: Candidate, extra: dict[str, Any]) -> dict[str, Any]:
     return {**cand.to_dict(), **extra}
 
 
+@dataclass(frozen=True)
+class OtherTarget:
+    """A further target every stage-1 candidate is measured on (one search, several targets:
+    :mod:`hwcompress.search.multi`), held to its own latency aim (ms)."""
+
+    target: Target
+    aim_ms: float
+    cache: MeasurementCache | None
+    workdir: Path
+    calib_x: np.ndarray | None = None
+
+    def precision(self, wanted: str) -> str:
+        """The candidate's precision where this target offers it, else fp32."""
+        return wanted if wanted in self.target.precisions else "fp32"
+
+    def device_file(self, model: nn.Module, shape: tuple[int, ...], stem: Path, precision: str) -> Path:
+        from hwcompress.quantize import uniform_policy
+
+        prec = self.precision(precision)
+        return device_file(model, shape, stem, self.target, None if prec == "fp32" else uniform_policy(prec),
+                           self.calib_x)
+
+
 #: Measures one device file somewhere else (a pool of boards) and hands back its future.
 Submit = Callable[[Path], "Future[Measurement]"]
 
@@ -206,6 +229,7 @@ class Job:
     measurement: Measurement | None = None
     score: float = 0.0
     error: HwcompressError | None = None
+    others: dict[str, tuple[Path, Measurement | None]] = field(default_factory=dict)  # target -> (file, reading)
 
     @property
     def ready(self) -> bool:
@@ -262,6 +286,9 @@ class _Batched:
 
         return measure(path, self.ctx.target, cache=self.ctx.cache)
 
+    def _measure_others(self, job: Job) -> None:
+        """Measure the job's files for the other targets (a multi-target search's stage 1)."""
+
     def __call__(self, policy: CompressionPolicy) -> EpisodeOutcome:
         from hwcompress.evaluate import torch_threads
 
@@ -278,6 +305,7 @@ class _Batched:
             try:
                 assert job.path is not None
                 job.measurement = self._measure(job.path) if self.cost == "measured" else None
+                self._measure_others(job)
                 job.score = self._score(job)
             except HwcompressError as exc:
                 job.error = exc
@@ -322,6 +350,11 @@ class _Batched:
                         job.error = job.error or exc
                     else:
                         job.measurement = measurement
+                if job.ready:
+                    try:
+                        self._measure_others(job)
+                    except HwcompressError as exc:
+                        job.error = exc
                 if job.twin:
                     if job.key in self.state.seen:
                         outcomes.append(self._repeat(job.key))
@@ -350,8 +383,12 @@ class PruneEvaluator(_Batched):
         precision: str = "fp32",
         calib_x: np.ndarray | None = None,
         on_candidate: Callable[[Candidate, bool], None] | None = None,
+        others: Sequence[OtherTarget] = (),
     ) -> None:
+        """``others``: further targets each candidate is also built for and measured on; its reward then
+        holds it to the worst relative excess over every target's latency aim (``budget_ms`` is the first's)."""
         self.ctx = ctx
+        self.others = list(others)
         self.size_budget = size_budget
         self.model = model
         self.cost = cost
@@ -429,9 +466,19 @@ class PruneEvaluator(_Batched):
                 from hwcompress.export import export_onnx
 
                 export_onnx(job.model, self.ctx.input_shape, job.path)
+            for o in self.others:
+                stem = o.workdir / f"prune-{key}"
+                job.others[o.target.name] = (o.device_file(job.model, self.ctx.input_shape, stem, prec), None)
         except HwcompressError as exc:
             job.error = exc
         return job
+
+    def _measure_others(self, job: Job) -> None:
+        from hwcompress.profiling.measure import measure
+
+        for o in self.others:
+            path, _ = job.others[o.target.name]
+            job.others[o.target.name] = (path, measure(path, o.target, cache=o.cache))
 
     def _score(self, job: Job) -> float:
         return self.score(job.model)
@@ -447,7 +494,7 @@ class PruneEvaluator(_Batched):
                 if self.cost == "measured":
                     assert measurement is not None
                     costs = Costs(
-                        latency=measurement.latency.median_ms,
+                        latency=self._worst(job, measurement.latency.median_ms),
                         latency_budget=self.budget_ms,
                         size=float(onnx_path.stat().st_size),
                         size_budget=self.size_budget,
@@ -469,12 +516,30 @@ class PruneEvaluator(_Batched):
                 )
                 extra["onnx"] = str(onnx_path)
                 extra["file_bytes"] = onnx_path.stat().st_size
+                if self.others:  # each other target's reading, file and precision (multi.py picks from them)
+                    extra["targets"] = {}
+                    for o in self.others:
+                        path, m = job.others[o.target.name]
+                        extra["targets"][o.target.name] = {"measurement": m.to_dict() if m else None, "file": str(path),
+                                                           "precision": o.precision(policy.default_precision)}
             except HwcompressError as exc:
                 job.error = exc
         if cand is None:
             within, cand = False, self._failed(job, "prune")
         self.last_within = within
         return self._record(job, cand, within)
+
+    def _worst(self, job: Job, ms: float) -> float:
+        """The reading held to the budget: ``ms`` alone, or with other targets the worst ratio to each
+        target's aim, on the first target's scale (``budget_ms`` x the worst ratio)."""
+        if not self.others:
+            return ms
+        ratios = [ms / self.budget_ms]
+        for o in self.others:
+            m = job.others[o.target.name][1]
+            assert m is not None
+            ratios.append(m.latency.median_ms / o.aim_ms)
+        return max(ratios) * self.budget_ms
 
     def _within(self, cand: Candidate) -> bool:
         if cand.error:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from hwcompress.errors import UsageError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
-    from pathlib import Path
 
     import gymnasium as gym
     from stable_baselines3.common.vec_env import VecEnv
@@ -24,9 +26,40 @@ if TYPE_CHECKING:
     from hwcompress.records import CompressionPolicy, Measurement
     from hwcompress.search.envs import EpisodeOutcome, _LayerwiseEnv
     from hwcompress.search.evaluator import _Batched
-    from hwcompress.search.run import Search
+    from hwcompress.search.run import Search, SearchConfig
 
 POOL_RECORD = "pool.json"
+
+
+def target_key(spec: str) -> str:
+    """A target's folder name in a multi-target search: its name, or a target file's stem."""
+    return Path(spec).stem if spec.endswith(".toml") else spec
+
+
+def check_devices(cfg: SearchConfig) -> None:
+    """The options that spread a search over devices: a pool of boards, or several targets (UsageError)."""
+    if cfg.boards:
+        from hwcompress.profiling.pool import check_boards
+
+        check_boards(cfg.boards, "--hosts / --pool")
+        if len(cfg.boards) < 2:
+            raise UsageError("a pool needs two boards or more; give one board with --host")
+        if "host" in cfg.connection:
+            raise UsageError("--host names one device and --hosts / --pool a pool of boards: give one of them")
+    elif cfg.ray_address:
+        raise UsageError("--ray-address needs a pool of boards (--hosts or --pool): a one-device search runs no Ray")
+    if cfg.board_wait_s < 0:
+        raise UsageError("--board-wait must be >= 0 seconds")
+    if cfg.targets:
+        keys = [target_key(t) for t in cfg.targets]
+        if len(set(keys)) != len(keys):
+            raise UsageError(f"--target {' --target '.join(cfg.targets)}: a target is named twice")
+        if cfg.boards:
+            raise UsageError("several --target options and a pool of boards (--hosts / --pool) cannot be combined: "
+                             "search each target's pool on its own")
+        if cfg.connection:
+            raise UsageError("--host/--port/--user/--key/--remote-python/--known-hosts name one device; with several "
+                             "--target options set each device in its target file")
 E = TypeVar("E", bound="_LayerwiseEnv")
 
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from hwcompress.data import DataSplits
     from hwcompress.profiling.pool import DevicePool
     from hwcompress.records import Target
+    from hwcompress.search.evaluator import OtherTarget
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class SearchConfig:
     boards: tuple[dict[str, Any], ...] = ()
     ray_address: str | None = None  # join this Ray cluster (None: a local instance, started for a pool only)
     board_wait_s: float = 60.0  # with every board down, wait this long for one to come back before stopping
+    targets: tuple[str, ...] = ()  # one search for several targets (search/multi.py); () = just `target`
 
     def validate(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]
@@ -117,23 +119,15 @@ class SearchConfig:
             parse_budget(self.size_budget, "--size-budget", unit="b")
         if self.memory_budget:
             parse_budget(self.memory_budget, "--memory-budget", unit="b")
-        if self.boards:
-            from hwcompress.profiling.pool import check_boards
+        from hwcompress.search.pooled import check_devices
 
-            check_boards(self.boards, "--hosts / --pool")
-            if len(self.boards) < 2:
-                raise UsageError("a pool needs two boards or more; give one board with --host")
-            if "host" in self.connection:
-                raise UsageError("--host names one device and --hosts / --pool a pool of boards: give one of them")
-        elif self.ray_address:
-            raise UsageError("--ray-address needs a pool of boards (--hosts or --pool): a one-device search runs no Ray")
-        if self.board_wait_s < 0:
-            raise UsageError("--board-wait must be >= 0 seconds")
+        check_devices(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stages"] = list(self.stages)
         d["boards"] = [dict(b) for b in self.boards]
+        d["targets"] = list(self.targets)
         return d
 
     @classmethod
@@ -141,6 +135,7 @@ class SearchConfig:
         d = dict(d)
         d["stages"] = tuple(d.get("stages", STAGES))
         d["boards"] = tuple(dict(b) for b in d.get("boards", ()))
+        d["targets"] = tuple(d.get("targets", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -237,6 +232,8 @@ class Search:
         self.quiet_libraries = False  # third-party warnings and native stderr to RUN_DIR/libraries.log
         self.final_verdict: dict[str, Any] = {}  # _accept's verdict on every budget
         self.pool: DevicePool | None = None  # the boards measuring (a pool search), else the target's device
+        self.others: list[OtherTarget] = []  # further targets stage 1's candidates are measured on (search/multi.py)
+        self._prepared = False
         self._exits = contextlib.ExitStack()
 
     @classmethod
@@ -253,6 +250,12 @@ class Search:
         return cls(cfg, run_dir, resume=True, **kwargs)
 
     # ------------------------------------------------------------------ setup
+    def prepare(self) -> None:
+        """Check everything, then load the data and model and measure the baseline (once; run() calls it)."""
+        if not self._prepared:
+            self._prepare()
+            self._prepared = True
+
     def _prepare(self) -> None:
         import torch
 
@@ -490,7 +493,7 @@ class Search:
 
     def _run(self) -> SearchResult:
         t_all = time.monotonic()
-        self._prepare()
+        self.prepare()
         cfg = self.cfg
         s1: Stage1Report | None = None
         s2: Stage2Report | None = None

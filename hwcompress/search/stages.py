@@ -205,7 +205,7 @@ def run_stage1(s: Search) -> Stage1Report:
         s.ctx, s.base.model, cost=cfg.prune_cost, budget_ms=s.budget.aim_ms, size_budget=size,
         budget_macs=s.base_macs * s.budget.aim_ms / s.base_ms, base_macs=s.base_macs,
         region=region if measured else None, group_index={g.name: g.index for g in groups},
-        calib_x=s.splits.calib.x,
+        calib_x=s.splits.calib.x, others=s.others,
         on_candidate=lambda c, w: s.reporter.candidate("prune", c.episode, c, evaluator.state.best, w),
     )
     if measured:

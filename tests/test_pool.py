@@ -290,3 +290,35 @@ def test_ray_pool_of_two_sshd_boards_one_killed_mid_run(two_boards: list[SshServ
         assert all(m.board for m in again)
         # open_pool routes the target's measurements (a search's baseline, table, verdicts) to the reference
         assert measure(model, targets[0], force=True).board == pool.state()["reference"]
+
+
+def test_board_worker_asks_again_for_files_it_no_longer_has(sshd: SshServer, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's side, in this process against a real sshd: files by sha256, sent once, evicted past a bound."""
+    import hwcompress.profiling.pool as pool_module
+    from hwcompress.profiling.pool import BoardWorker
+
+    monkeypatch.setattr(pool_module, "STORE_FILES", 2)
+    target = parse_target(tomllib.loads(sshd.target_toml("onnxruntime")), "t", "loop")
+    adapter = get_adapter("onnxruntime")
+    worker = BoardWorker(target.connection.to_dict())
+    try:
+        models = [write_tiny_onnx(tmp_path / f"m{i}.onnx", channels=4 + i) for i in range(3)]
+        for m in models:
+            sha = sha256_file(m)
+            args = adapter.args(m, target, per_node=False)
+            assert worker.run(adapter.script, args, [(str(m), sha, None)], 60.0) == {"ok": False, "missing": [sha]}
+            reply = worker.run(adapter.script, args, [(str(m), sha, m.read_bytes())], 60.0)
+            assert reply["ok"] and json.loads(reply["stdout"].strip().splitlines()[-1])["model_sha256"] == sha
+            assert reply["seconds"] > 0
+            again = worker.run(adapter.script, args, [(str(m), sha, None)], 60.0)  # known now: no bytes needed
+            assert again["ok"]
+        assert len(list(worker.store.iterdir())) == 2  # the oldest model file was let go
+        first = models[0]
+        gone = worker.run(adapter.script, adapter.args(first, target, per_node=False),
+                          [(str(first), sha256_file(first), None)], 60.0)
+        assert gone == {"ok": False, "missing": [sha256_file(first)]}
+        assert worker.stats()["uploads"] >= 3
+    finally:
+        worker.close()
+    assert not worker.store.exists()

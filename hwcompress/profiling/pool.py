@@ -79,6 +79,7 @@ CALL_GRACE_S = 60.0
 #: Reconnects a board's SshRunner tries itself before the board counts as lost (the pool retries it later).
 BOARD_RECONNECTS = 1
 MAX_EVENTS = 500  # events kept in pool.json
+STORE_FILES = 256  # model files a board's worker keeps on its node
 OVERHEADS_KEPT = 1000  # per board: the latest profiles' Ray overheads (their median is in pool.json)
 
 # board states
@@ -229,11 +230,14 @@ class BoardWorker:
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
-            if not path.is_file():
+            if path.is_file():
+                path.touch()  # recently used: evicted last
+            else:
                 missing.append(sha)
             local[name] = str(path)
         if missing:
             return {"ok": False, "missing": missing}
+        self._evict(keep=set(local.values()))
         t0 = time.perf_counter()
         try:
             stdout = self.runner.run(script, [local.get(a, a) for a in args], [Path(p) for p in local.values()],
@@ -241,6 +245,13 @@ class BoardWorker:
         except HwcompressError as exc:
             return _failure(exc)
         return {"ok": True, "stdout": stdout, "seconds": time.perf_counter() - t0}
+
+    def _evict(self, keep: set[str]) -> None:
+        """Keep at most :data:`STORE_FILES` model files (the oldest go; the host sends one again when asked)."""
+        files = sorted(self.store.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in files[: max(0, len(files) - STORE_FILES)]:
+            if str(old) not in keep:
+                old.unlink(missing_ok=True)
 
     def ping(self, timeout_s: float) -> dict[str, Any]:
         """One command on the board (connecting if needed): is it back?"""

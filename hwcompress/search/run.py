@@ -11,6 +11,7 @@ Everything lives in a run directory:
     RUN_DIR/finetuned.pt       the fine-tuned pruned model (written when fine-tuning ends)
     RUN_DIR/stage2.json        stage 2's report: precision policy, judged winner
     RUN_DIR/candidates/        the candidates' files as the device ran them
+    RUN_DIR/pool.json          a pool of boards (--hosts / --pool): each board's calibration, state, events
 
 How the loop decides (docs/search.md): every candidate is measured on the target for its reward;
 the agent acts inside a region predicted from a latency table measured on the target

@@ -553,9 +553,9 @@ def search(
     allow_over_budget: Annotated[bool, typer.Option(
         "--allow-over-budget", help="Write the artifact even when the result is over a budget (still exit 3)")] = False,
     hosts: Annotated[str | None, typer.Option(
-        "--hosts", help="A pool of boards of the target, measuring at once: [user@]host[:port],... (Ray; docs/pool.md)")] = None,
+        "--hosts", help="A pool of boards of the target, measuring at once: \\[user@]host\\[:port],... (Ray; docs/pool.md)")] = None,
     pool_file: Annotated[Path | None, typer.Option(
-        "--pool", help="A pool file: TOML [[board]] tables (or JSON) with host, user, port, key per board")] = None,
+        "--pool", help="A pool file: TOML \\[\\[board]] tables (or JSON) with host, user, port, key per board")] = None,
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="Join this Ray cluster for the pool (default: a local Ray instance)")] = None,
     board_wait: Annotated[float, typer.Option(

@@ -350,7 +350,7 @@ def demo(
         except HwcompressError:
             raise UsageError(f"{out_dir} exists and is not a hwcompress artifact; choose another --out") from None
     search(
-        target=target, model=model, checkpoint=None, data=data, latency_budget="0.5x", size_budget=None,
+        target=[target], model=model, checkpoint=None, data=data, latency_budget="0.5x", size_budget=None,
         memory_budget=None, stages="prune,quant", episodes=episodes, quant_episodes=quant_episodes, warmup=10,
         time_budget=None, agent="ddpg", reward="accuracy", cost="measured", finetune_epochs=1, recovery_steps=100,
         val_limit=2000,
@@ -517,7 +517,9 @@ class _ProgressReporter:
 
 @app.command()
 def search(
-    target: TargetOpt = "x86-cpu",
+    target: Annotated[list[str] | None, typer.Option(
+        "--target", "-t", metavar="TARGET", help="Target name or .toml path (default x86-cpu); repeat it for one "
+        "search serving several targets: shared stage 1, an artifact per target (docs/multi.md)")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Built-in model or package.module:factory")] = "vgg-small",
     checkpoint: CheckpointOpt = None,
     data: DataOpt = None,
@@ -553,17 +555,28 @@ def search(
     trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="Add an unknown host key to known_hosts (says so)")] = False,
     allow_over_budget: Annotated[bool, typer.Option(
         "--allow-over-budget", help="Write the artifact even when the result is over a budget (still exit 3)")] = False,
+    hosts: Annotated[str | None, typer.Option(
+        "--hosts", help="A pool of boards of the target, measuring at once: \\[user@]host\\[:port],... (Ray; docs/pool.md)")] = None,
+    pool_file: Annotated[Path | None, typer.Option(
+        "--pool", help="A pool file: TOML \\[\\[board]] tables (or JSON) with host, user, port, key per board")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Join this Ray cluster for the pool (default: a local Ray instance)")] = None,
+    board_wait: Annotated[float, typer.Option(
+        "--board-wait", help="With every board of the pool down, seconds to wait for one before stopping")] = 60.0,
 ) -> None:
     """Two-stage DRL search with latency measured on the target; writes an artifact.
 
-    Exit codes: 0 the result meets every budget; 2 bad input (nothing searched); 3 the result is over a budget on the final measurement, or a budget is out of reach (the artifact is written only with --allow-over-budget, its manifest saying budget_met: false).
+    Exit codes: 0 the result meets every budget; 2 bad input (nothing searched), or the device (every board of a pool) lost mid-search (the line names the --resume command); 3 the result is over a budget on the final measurement, or a budget is out of reach (the artifact is written only with --allow-over-budget, its manifest saying budget_met: false).
     """
+    from hwcompress.search.multi import MultiResult, MultiSearch, resume_search
     from hwcompress.search.run import Search, SearchConfig
 
     command = " ".join(["hwcompress", *sys.argv[1:]])
+    targets = list(target or ["x86-cpu"])
+    s: Search | MultiSearch
     with _ProgressReporter() as rep:
         if resume is not None:
-            s = Search.resume_from(resume, reporter=rep, cache_path=cache, command=command)
+            s = resume_search(resume, reporter=rep, cache_path=cache, command=command)
         else:
             costs = [c.strip() for c in cost.split(",") if c.strip()]
             prune_cost = "flops" if "flops" in costs else "measured"
@@ -573,18 +586,25 @@ def search(
                 raise UsageError(f"--cost {cost}: use measured, flops, bitops or flops,bitops")
             connection = {k: v for k, v in {"host": host, "port": port, "user": user, "key": key, "python": remote_python,
                                             "known_hosts": known_hosts}.items() if v is not None}
+            boards = _boards(hosts, pool_file)
+            if len(boards) == 1:  # one board is one device: no pool, no Ray
+                if host is not None:
+                    raise UsageError("--host and --hosts both name the device: give one of them")
+                connection.update(boards.pop())
             cfg = SearchConfig(
-                model=model, checkpoint=checkpoint, data=data, target=target, connection=connection,
+                model=model, checkpoint=checkpoint, data=data, target=targets[0], connection=connection,
                 latency_budget=latency_budget, size_budget=size_budget, memory_budget=memory_budget,
                 stages=tuple(s.strip() for s in stages.split(",") if s.strip()), prune_episodes=episodes,
                 quant_episodes=quant_episodes, warmup_episodes=warmup, time_budget_s=time_budget, agent=agent,
                 score=reward, prune_cost=prune_cost, quant_cost=quant_cost, finetune_epochs=finetune_epochs,
-                recovery_steps=recovery_steps, val_limit=val_limit, test_limit=test_limit, seed=seed, out=str(out_dir), force=force, guard=guard,
+                recovery_steps=recovery_steps, val_limit=val_limit, test_limit=test_limit, seed=seed, out=str(out_dir),
+                force=force, guard=guard, boards=tuple(boards), ray_address=ray_address, board_wait_s=board_wait,
+                targets=tuple(targets) if len(targets) > 1 else (),
             )
             rd = run_dir or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
             if rd.exists() and any(rd.iterdir()):
                 raise UsageError(f"run folder {rd} is not empty; use --resume {rd} to continue it or choose --run-dir")
-            s = Search(cfg, rd, reporter=rep, cache_path=cache, command=command)
+            s = (MultiSearch if cfg.targets else Search)(cfg, rd, reporter=rep, cache_path=cache, command=command)
         s.trust_new_host = trust_new_host
         s.allow_over_budget = allow_over_budget
         s.quiet_libraries = True
@@ -595,12 +615,35 @@ def search(
                 err.print(f"hwcompress: interrupted; continue with `hwcompress search --resume {s.run_dir}`", markup=False)
                 sys.exit(130)
             raise
+    if isinstance(res, MultiResult):
+        for key, one in res.results.items():
+            out.print(f"\n[bold]{key}[/bold]")
+            _print_search_result(one)
+        out.print(f"\nreport of every target, side by side: {res.report}")
+        if not res.budget_met:
+            misses = [f"{k}: " + "; ".join(r.final.get("misses", [])) for k, r in res.results.items() if not r.budget_met]
+            err.print("hwcompress: over budget: " + " | ".join(misses + [f"{k}: {v}" for k, v in res.misses.items()])
+                      + " (artifacts written because of --allow-over-budget)", markup=False, highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(3)
+        return
     _print_search_result(res)
     if not res.budget_met:
         err.print("hwcompress: over budget: " + "; ".join(res.final.get("misses", [])) + f"; artifact {res.artifact} "
                   "written because of --allow-over-budget (manifest budget_met: false)",
                   markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(3)
+
+
+def _boards(hosts: str | None, pool_file: Path | None) -> list[dict[str, Any]]:
+    """The boards ``--hosts`` or ``--pool`` name (checked: one line and exit 2 on bad input)."""
+    from hwcompress.profiling.pool import load_pool_file, parse_hosts
+
+    if hosts is not None and pool_file is not None:
+        raise UsageError("--hosts and --pool both list boards: give one of them")
+    if hosts is not None:
+        return parse_hosts(hosts)
+    return load_pool_file(pool_file) if pool_file is not None else []
 
 
 def times(before: float, after: float, better: str, worse: str) -> str:
@@ -647,6 +690,11 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
         how = "beside the baseline" if v.reference_ms else "on fresh profiles"
         out.print(f"{stage} winner judged {how} before it was kept: {v.describe()}"
                   + (" (projected onto the predicted region)" if j.how == "projected" else ""))
+    pool = getattr(res, "pool", None) or {}
+    if pool:
+        shown = [f"{b['board']} ({b['state']}, scale {b['scale']:.3f}, {b['measured']} measurements)"
+                 for b in pool["boards"]]
+        out.print(f"boards (reference {pool['reference']}): " + "; ".join(shown))
     out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
     out.print(f"artifact: {res.artifact}\nrun folder: {res.run_dir}")
 

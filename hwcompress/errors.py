@@ -54,6 +54,15 @@ class HostKeyError(RemoteError):
     """The device's host key is unknown or does not match known_hosts."""
 
 
+class BoardLost(RemoteError):
+    """One board of a pool stopped answering (connection lost, its actor died); the pool retries its work
+    on another board and tries the board again later."""
+
+
+class DevicesLost(RemoteError):
+    """Every board of a pool is gone (down past the wait, or dropped): the search stops, resumable."""
+
+
 class MissingDependencyError(HwcompressError):
     """An optional package (litert-torch, tensorrt, ...) is needed but not installed."""
 

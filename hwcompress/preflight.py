@@ -134,6 +134,34 @@ def target_ready(target: Target, *, trust_new_host: bool = False) -> None:
         raise TargetError(f"target {target.name} ({report.connection}) cannot profile: {first}{fix}{more}")
 
 
+def boards_ready(boards: list[Target], *, trust_new_host: bool = False) -> None:
+    """Every board of a pool can profile now (:func:`target_ready` on each, all at once); the first
+    board that cannot, in the order given, is refused with its reason.  The probes' connections are
+    closed: each board's worker opens its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hwcompress.errors import HwcompressError
+    from hwcompress.profiling.remote import ssh_runner
+
+    def one(board: Target) -> HwcompressError | None:
+        try:
+            target_ready(board, trust_new_host=trust_new_host)
+        except HwcompressError as exc:
+            return exc
+        finally:
+            if board.connection.kind == "ssh" and board.connection.host:
+                ssh_runner(board.connection).close()
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(len(boards), 16)) as pool:
+        failures = list(pool.map(one, boards))
+    for board, exc in zip(boards, failures, strict=True):
+        if exc is not None:
+            raise type(exc)(f"board {board.connection.board} of the pool: {exc}; fix it or leave it out of "
+                            "--hosts / --pool") from None
+
+
 __all__ = [
-    "artifact_destination", "host_set", "labels_fit_model", "model_classes", "target_ready", "writable_folder",
+    "artifact_destination", "boards_ready", "host_set", "labels_fit_model", "model_classes", "target_ready",
+    "writable_folder",
 ]

@@ -143,6 +143,11 @@ class Connection(Record):
     connect_timeout_s: float = 10.0
     command_timeout_s: float = 120.0
 
+    @property
+    def board(self) -> str:
+        """The device this connection reaches, as measurements record it: ``host:port``, or ``local``."""
+        return f"{self.host}:{self.port}" if self.kind == "ssh" else "local"
+
 
 @dataclass(frozen=True)
 class MeasureSettings(Record):
@@ -182,6 +187,9 @@ class Target(Record):
     channel_multiple: int = 1
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     options: RuntimeOptions = field(default_factory=RuntimeOptions)
+    # Boards of this kind in a pool (``--hosts``): a board whose baseline differs from the pool's reference
+    # board by more than this fraction is dropped; the others' readings are scaled onto the reference's.
+    board_tolerance: float = 0.05
 
     def settings_digest(self) -> str:
         """Digest of what changes a measurement: runtime, threads, options, measure settings."""
@@ -234,6 +242,9 @@ class Measurement(Record):
     wall_s: float = 0.0
     cached: bool = False
     per_node_us: dict[str, float] = field(default_factory=dict)  # node name -> mean time per run (us)
+    board: str = ""  # the device that took it (host:port, or local); "" in records from before boards were named
+    # Times were divided by this: the board's speed relative to its pool's reference board (1.0 = as measured)
+    board_scale: float = 1.0
 
 
 # --------------------------------------------------------------------------- compression

@@ -94,6 +94,8 @@ def _check_semantics(t: Target, source: str) -> None:
         raise bad("measure.max_rounds", "an integer >= 1", m.max_rounds)
     if m.timeout_s <= 0:
         raise bad("measure.timeout_s", "seconds > 0", m.timeout_s)
+    if not 0.0 < t.board_tolerance < 1.0:
+        raise bad("board_tolerance", "a fraction in (0, 1) (0.05 = 5%)", t.board_tolerance)
 
 
 def load_target(name_or_path: str, **overrides: Any) -> Target:

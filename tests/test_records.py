@@ -105,3 +105,26 @@ def test_policy_validation_and_digest() -> None:
     b = CompressionPolicy(keep={"y": 0.25, "x": 0.5})
     assert a.digest() == b.digest()
     assert a.digest() != CompressionPolicy(keep={"x": 0.5, "y": 0.5}).digest()
+
+
+def test_measurement_names_its_board_and_old_records_still_read() -> None:
+    import dataclasses
+
+    m = dataclasses.replace(_measurement(), board="10.0.0.7:22", board_scale=1.031)
+    again = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert again.board == "10.0.0.7:22" and again.board_scale == pytest.approx(1.031)
+    old = m.to_dict()
+    del old["board"], old["board_scale"]  # a search.jsonl / cache entry written before boards were named
+    legacy = Measurement.from_dict(old)
+    assert legacy.board == "" and legacy.board_scale == 1.0
+    old_target = load_target("raspberry-pi-4").to_dict()
+    del old_target["board_tolerance"]  # a manifest written before pools
+    assert Target.from_dict(old_target).board_tolerance == 0.05
+
+
+def test_board_tolerance_is_validated(tmp_path: object) -> None:
+    from hwcompress.errors import TargetError
+    from hwcompress.targets import parse_target
+
+    with pytest.raises(TargetError, match="board_tolerance"):
+        parse_target({"runtime": "onnxruntime", "board_tolerance": 1.5}, "pool.toml", "t")

@@ -392,11 +392,9 @@ def build_table(
     from hwcompress.profiling.adapters import get_adapter
     from hwcompress.profiling.cache import CacheKey
     from hwcompress.profiling.measure import measure_batch
-    from hwcompress.profiling.remote import runner_for
 
     t0 = time.perf_counter()
-    etarget = entry_target(target)
-    runner = runner if runner is not None else runner_for(etarget)
+    etarget = entry_target(target)  # runner None: measure_batch resolves it (a pool of boards routes it)
     sigs = table_signatures(templates, grid, precisions)
     if not sigs:
         raise ModelError("the model has no conv, linear or pool layer to time")

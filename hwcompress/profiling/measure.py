@@ -7,6 +7,7 @@ the median, and one scheduler hiccup inflates std / mean without moving the medi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,9 +15,9 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hwcompress.errors import FileMissingError, ModelError, ProfilerError
 from hwcompress.fsutil import sha256_file
@@ -78,6 +79,7 @@ def parse_result(script: str, result: dict[str, Any], target: Target) -> Measure
             timestamp=str(result["timestamp"]),
             profiler_version=str(result["profiler_version"]),
             per_node_us={str(n["name"]): float(n["mean_us"]) for n in per_node.get("nodes", [])},
+            board=target.connection.board,
         )
     except (RecordError, TypeError, ValueError, KeyError) as exc:
         raise ProfilerError(f"{script} result is malformed: {exc}") from None
@@ -100,6 +102,40 @@ def raise_failure(script: str, model: Path, result: dict[str, Any]) -> None:
     if kind == "model":
         raise ModelError(f"{model.name}: {message}")
     raise ProfilerError(f"{script} failed on {model.name} ({kind or 'unknown'} problem): {message}")
+
+
+class MeasureRoute(Protocol):
+    """Where a target's measurements go instead of its one device: a pool of boards
+    (:class:`hwcompress.profiling.pool.DevicePool`).  Same contracts as :func:`measure` /
+    :func:`measure_batch`; each result names the board that took it."""
+
+    def measure(self, model: Path, target: Target, *, cache: MeasurementCache | None, per_node: bool,
+                force: bool) -> Measurement: ...
+
+    def measure_batch(self, models: list[Path], target: Target, *, cache: MeasurementCache | None, force: bool,
+                      cache_ids: list[str] | None) -> list[Measurement]: ...
+
+
+_ROUTES: dict[str, MeasureRoute] = {}
+
+
+@contextlib.contextmanager
+def routed(target_name: str, route: MeasureRoute) -> Iterator[MeasureRoute]:
+    """While open, :func:`measure` and :func:`measure_batch` calls for target ``target_name`` that name no
+    ``runner`` go to ``route`` (a search over a pool: its baseline, candidates, table and verdicts)."""
+    if target_name in _ROUTES:
+        raise RuntimeError(f"measurements of {target_name} are already routed")
+    _ROUTES[target_name] = route
+    try:
+        yield route
+    finally:
+        _ROUTES.pop(target_name, None)
+
+
+def cache_key(sha256: str, target: Target, adapter: ProfilerAdapter | None = None) -> CacheKey:
+    """The cache key of a model (by sha256, or another id) measured on ``target`` with its settings."""
+    adapter = adapter if adapter is not None else get_adapter(target.runtime)
+    return CacheKey(sha256, target.settings_digest(), adapter.profiler_version())
 
 
 def _cv(values: list[float]) -> float:
@@ -130,7 +166,8 @@ def measure(
     ``max_rounds`` rounds; the round with the lowest spread is kept, with ``rounds``,
     ``median_cv`` (CV of the rounds' medians) and ``wall_s`` (seconds for all rounds) set.
     ``per_node`` adds per-node mean times (us) from the first round.  The result is stored in
-    ``cache``.  Raises FileMissingError, ModelError (the model cannot be loaded, fed or run),
+    ``cache``.  Without ``runner``, a target whose measurements are :func:`routed` is measured by
+    its route.  Raises FileMissingError, ModelError (the model cannot be loaded, fed or run),
     ProfilerError / ProfilerTimeout (the profiler or the device failed).
     """
     model = Path(model_path)
@@ -138,9 +175,11 @@ def measure(
         raise FileMissingError(f"model file {model} does not exist")
     adapter = get_adapter(target.runtime)
     adapter.check_model(model)
+    if runner is None and target.name in _ROUTES:
+        return _ROUTES[target.name].measure(model, target, cache=cache, per_node=per_node, force=force)
     runner = runner if runner is not None else runner_for(target)
     sha = sha256_file(model)
-    key = CacheKey(sha, target.settings_digest(), adapter.profiler_version())
+    key = cache_key(sha, target, adapter)
     if cache is not None and not force:
         hit = cache.get(key)
         if hit is not None and (hit.per_node_us or not per_node):
@@ -198,8 +237,11 @@ def _profile_once(adapter: ProfilerAdapter, runner: Runner, model: Path, target:
 
 
 def replace_target(m: Measurement, target: Target) -> Measurement:
-    """``m`` labelled with ``target``'s name (two targets with equal settings share cache entries)."""
-    return m if m.target == target.name else dataclasses.replace(m, target=target.name)
+    """``m`` labelled with ``target``'s name (two targets with equal settings share cache entries) and,
+    for a record from before boards were named, with the board its settings digest names."""
+    if m.target == target.name and m.board:
+        return m
+    return dataclasses.replace(m, target=target.name, board=m.board or target.connection.board)
 
 
 def probe(target: Target, runner: Runner | None = None, timeout_s: float | None = None) -> dict[str, Any]:
@@ -227,7 +269,6 @@ def measure_many(
     force: bool = False,
 ) -> list[Measurement]:
     """:func:`measure` each model in turn (never in parallel: profiles would disturb each other)."""
-    runner = runner if runner is not None else runner_for(target)
     return [measure(p, target, cache=cache, runner=runner, per_node=per_node, force=force) for p in paths]
 
 
@@ -313,6 +354,8 @@ def measure_batch(
     models = [Path(p) for p in paths]
     if cache_ids is not None and len(cache_ids) != len(models):
         raise ValueError("cache_ids needs one id per model")
+    if runner is None and target.name in _ROUTES:
+        return _ROUTES[target.name].measure_batch(models, target, cache=cache, force=force, cache_ids=cache_ids)
     adapter = get_adapter(target.runtime)
     runner = runner if runner is not None else runner_for(target)
     version = adapter.profiler_version()

@@ -10,6 +10,7 @@ from hwcompress.errors import UsageError
 if TYPE_CHECKING:
     import gymnasium as gym
     from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.vec_env import VecEnv
 
 #: The one alias table: agent name -> (stable-baselines3 class name, off-policy with a replay buffer).
 _TABLE: dict[str, tuple[str, bool]] = {
@@ -38,8 +39,12 @@ class AgentConfig:
     seed: int = 0
 
 
-def make_agent(cfg: AgentConfig, env: gym.Env[Any, Any], episode_len: int) -> BaseAlgorithm:
-    """Build a fresh SB3 agent for ``env`` (one episode = ``episode_len`` steps)."""
+def make_agent(cfg: AgentConfig, env: gym.Env[Any, Any] | VecEnv, episode_len: int) -> BaseAlgorithm:
+    """Build a fresh SB3 agent for ``env`` (one episode = ``episode_len`` steps).
+
+    With a vectorised ``env`` of several copies stepped together (:mod:`hwcompress.search.batch`) an
+    off-policy agent trains once per ``episode_len`` steps — once per batch of episodes — as SB3
+    trains on episodes only with one environment."""
     import numpy as np
     from stable_baselines3.common.noise import NormalActionNoise
 
@@ -59,7 +64,7 @@ def make_agent(cfg: AgentConfig, env: gym.Env[Any, Any], episode_len: int) -> Ba
         learning_starts=cfg.warmup_episodes * episode_len,
         batch_size=cfg.batch_size,
         gamma=cfg.gamma,
-        train_freq=(1, "episode"),
+        train_freq=(1, "episode") if getattr(env, "num_envs", 1) == 1 else (episode_len, "step"),
         gradient_steps=-1,
         seed=cfg.seed,
         policy_kwargs=policy_kwargs,
@@ -83,11 +88,25 @@ def agent_class(name: str) -> type[BaseAlgorithm]:
     return cls
 
 
+def _gaussians(agent: BaseAlgorithm) -> list[Any]:
+    """The agent's Gaussian noise generators: one, or one per copy of a vectorised env."""
+    noise = getattr(agent, "action_noise", None)
+    parts = [noise] if noise is None or not hasattr(noise, "noises") else [*noise.noises, noise.base_noise]
+    return [n for n in parts if n is not None and hasattr(n, "_sigma")]
+
+
 def decay_noise(agent: BaseAlgorithm, factor: float, floor: float = 0.02) -> float:
     """Multiply the agent's Gaussian exploration noise by ``factor``; returns the new sigma."""
-    noise = getattr(agent, "action_noise", None)
-    if noise is None or not hasattr(noise, "_sigma"):
-        return 0.0
-    noise._sigma = noise._sigma * factor
-    noise._sigma = noise._sigma.clip(min=floor)
-    return float(noise._sigma.mean())
+    sigma = 0.0
+    for noise in _gaussians(agent):
+        noise._sigma = (noise._sigma * factor).clip(min=floor)
+        sigma = float(noise._sigma.mean())
+    return sigma
+
+
+def set_noise(agent: BaseAlgorithm, sigma: float) -> None:
+    """Set the agent's Gaussian exploration noise to ``sigma`` (a resumed stage's)."""
+    import numpy as np
+
+    for noise in _gaussians(agent):
+        noise._sigma = np.full_like(noise._sigma, sigma)

@@ -134,15 +134,29 @@ class _LayerwiseEnv(gym.Env[np.ndarray, np.ndarray], abc.ABC):
         """The finished episode's policy."""
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        policy, info = self.act(action)
+        if policy is None:
+            return self._obs(), 0.0, False, False, info
+        return self.conclude(self.evaluate(policy), info)
+
+    def act(self, action: np.ndarray) -> tuple[CompressionPolicy | None, dict[str, Any]]:
+        """The first half of :meth:`step`: record layer ``t``'s choice; the finished episode's policy
+        after the last layer (to be evaluated, then :meth:`conclude`), else None."""
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
         effective, removed = self._apply(a)
         self.reduced += removed * self._shares[self.t]
         self.prev_action = (effective + 1.0) / 2.0
         info: dict[str, Any] = {"effective_action": effective}
         self.t += 1
-        if self.t < len(self.layers):
-            return self._obs(), 0.0, False, False, info
-        outcome = self.evaluate(self._policy())
+        return (self._policy() if self.t >= len(self.layers) else None), info
+
+    def observe(self) -> np.ndarray:
+        """The current observation (what :meth:`step` returns mid-episode)."""
+        return self._obs()
+
+    def conclude(self, outcome: EpisodeOutcome, info: dict[str, Any]) -> tuple[np.ndarray, float, bool, bool,
+                                                                              dict[str, Any]]:
+        """The last step's return, once the episode's policy was evaluated as ``outcome``."""
         self.last_outcome = outcome
         info.update(outcome.info)
         return self._obs(), float(outcome.reward), True, False, info

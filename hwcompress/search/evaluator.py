@@ -8,18 +8,20 @@ sha256). A candidate whose build, export or profile fails is logged with its err
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hwcompress.errors import HwcompressError
+from hwcompress.errors import DevicesLost, HwcompressError
 from hwcompress.fsutil import sha256_file
 from hwcompress.records import Candidate, CompressionPolicy, Measurement, Target
 from hwcompress.search.envs import EpisodeOutcome
@@ -185,7 +187,192 @@ def _candidate_record(cand: Candidate, extra: dict[str, Any]) -> dict[str, Any]:
     return {**cand.to_dict(), **extra}
 
 
-class PruneEvaluator:
+@dataclass(frozen=True)
+class OtherTarget:
+    """A further target every stage-1 candidate is measured on (one search, several targets:
+    :mod:`hwcompress.search.multi`), held to its own latency aim (ms)."""
+
+    target: Target
+    aim_ms: float
+    cache: MeasurementCache | None
+    workdir: Path
+    calib_x: np.ndarray | None = None
+
+    def precision(self, wanted: str) -> str:
+        """The candidate's precision where this target offers it, else fp32."""
+        return wanted if wanted in self.target.precisions else "fp32"
+
+    def device_file(self, model: nn.Module, shape: tuple[int, ...], stem: Path, precision: str) -> Path:
+        from hwcompress.quantize import uniform_policy
+
+        prec = self.precision(precision)
+        return device_file(model, shape, stem, self.target, None if prec == "fp32" else uniform_policy(prec),
+                           self.calib_x)
+
+
+#: Measures one device file somewhere else (a pool of boards) and hands back its future.
+Submit = Callable[[Path], "Future[Measurement]"]
+
+
+@dataclass
+class Job:
+    """One candidate from its build to its record (a pool of boards measures it in between)."""
+
+    policy: CompressionPolicy
+    key: str
+    episode: int = -1
+    t0: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    done: EpisodeOutcome | None = None  # a policy evaluated before: its outcome
+    twin: bool = False  # the same policy as an earlier job of its batch
+    model: Any = None  # the pruned torch model (stage 1)
+    path: Path | None = None  # the file the device runs
+    macs: int = 0
+    params: int = 0
+    measurement: Measurement | None = None
+    score: float = 0.0
+    error: HwcompressError | None = None
+    others: dict[str, tuple[Path, Measurement | None]] = field(default_factory=dict)  # target -> (file, reading)
+
+    @property
+    def ready(self) -> bool:
+        """Built, not a repeat, no error so far."""
+        return self.done is None and not self.twin and self.error is None
+
+
+class _Batched(abc.ABC):
+    """What both evaluators share: several candidates at once, measured by a pool of boards.
+
+    A subclass builds a job (:meth:`_begin`), scores it (:meth:`_score`) and records it (:meth:`_end`);
+    :meth:`evaluate_batch` builds every candidate of the batch and hands their files to the boards,
+    scores them while the boards measure, then records each in order.
+    """
+
+    cost: str
+    ctx: EvalContext
+    state: StageState
+
+    @abc.abstractmethod
+    def _begin(self, policy: CompressionPolicy, batch: set[str] | None = None) -> Job:
+        """Build the candidate of ``policy`` (its model and device file), or its earlier outcome."""
+
+    @abc.abstractmethod
+    def _score(self, job: Job) -> float:
+        """The candidate's score (accuracy or similarity in [0, 1]) on the validation images."""
+
+    @abc.abstractmethod
+    def _end(self, job: Job) -> EpisodeOutcome:
+        """Reward and record the candidate (or its failure)."""
+
+    @abc.abstractmethod
+    def _repeat(self, key: str) -> EpisodeOutcome:
+        """The outcome of a policy evaluated before."""
+
+    on_candidate: Callable[[Candidate, bool], None] | None
+
+    def _failed(self, job: Job, stage: str) -> Candidate:
+        """The record of a candidate whose build, export, measurement or scoring failed."""
+        self.state.failures += 1
+        log.warning("candidate %s failed: %s", job.key, job.error)
+        return Candidate(policy=job.policy, stage=stage, accuracy=0.0, macs=0, params=0, reward=FAILED_REWARD,
+                         seconds=time.perf_counter() - job.t0, error=str(job.error), episode=job.episode)
+
+    def _record(self, job: Job, cand: Candidate, within: bool) -> EpisodeOutcome:
+        """Keep ``cand`` (never evaluated again), log it to ``search.jsonl``, tell the front end."""
+        job.extra["within_budget"] = within
+        self.state.seen[job.key] = cand
+        self.state.evaluated += 1
+        self.state.consider(cand, within)
+        self.ctx.log.append(_candidate_record(cand, job.extra))
+        if self.on_candidate:
+            self.on_candidate(cand, within)
+        return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": False, "within_budget": within})
+
+    def _measure(self, path: Path) -> Measurement:
+        from hwcompress.profiling.measure import measure
+
+        return measure(path, self.ctx.target, cache=self.ctx.cache)
+
+    def _measure_others(self, job: Job) -> None:  # noqa: B027  (a no-op unless a stage measures other targets)
+        """Measure the job's files for the other targets (a multi-target search's stage 1)."""
+
+    def __call__(self, policy: CompressionPolicy) -> EpisodeOutcome:
+        from hwcompress.evaluate import torch_threads
+
+        # One torch thread: small per-candidate work, and no fight with the profiler for the cores.
+        with torch_threads(1):
+            return self._evaluate(policy)
+
+    def _evaluate(self, policy: CompressionPolicy) -> EpisodeOutcome:
+        """One candidate, measured here and now (one device): build, measure, score, record."""
+        job = self._begin(policy)
+        if job.done is not None:
+            return job.done
+        if job.error is None:
+            try:
+                assert job.path is not None
+                job.measurement = self._measure(job.path) if self.cost == "measured" else None
+                self._measure_others(job)
+                job.score = self._score(job)
+            except HwcompressError as exc:
+                job.error = exc
+        return self._end(job)
+
+    def evaluate_batch(self, policies: Sequence[CompressionPolicy], submit: Submit) -> list[EpisodeOutcome]:
+        """The outcomes of ``policies`` (in order; episode numbers follow it), measured through ``submit``.
+
+        Every measurement that came back is recorded before a DevicesLost (every board gone) is raised.
+        """
+        from hwcompress.evaluate import torch_threads
+
+        with torch_threads(1):
+            batch: set[str] = set()
+            jobs = [self._begin(p, batch) for p in policies]
+            futures: dict[str, Future[Measurement]] = {}
+            if self.cost == "measured":
+                for job in jobs:
+                    if job.ready:
+                        assert job.path is not None
+                        futures[job.key] = submit(job.path)
+            for job in jobs:  # the host scores while the boards measure
+                if job.ready:
+                    try:
+                        job.score = self._score(job)
+                    except HwcompressError as exc:
+                        job.error = exc
+            outcomes: list[EpisodeOutcome] = []
+            lost: DevicesLost | None = None
+            for job in jobs:
+                if job.done is not None:
+                    outcomes.append(job.done)
+                    continue
+                fut = futures.get(job.key)
+                if fut is not None and not job.twin:
+                    try:
+                        measurement = fut.result()
+                    except DevicesLost as exc:
+                        lost = lost or exc
+                        continue
+                    except HwcompressError as exc:
+                        job.error = job.error or exc
+                    else:
+                        job.measurement = measurement
+                if job.ready:
+                    try:
+                        self._measure_others(job)
+                    except HwcompressError as exc:
+                        job.error = exc
+                if job.twin:
+                    if job.key in self.state.seen:
+                        outcomes.append(self._repeat(job.key))
+                    continue
+                outcomes.append(self._end(job))
+            if lost is not None:
+                raise lost
+            return outcomes
+
+
+class PruneEvaluator(_Batched):
     """Stage 1: keep-ratio policy -> pruned torch model -> ONNX -> measured -> accuracy/similarity."""
 
     def __init__(
@@ -203,8 +390,12 @@ class PruneEvaluator:
         precision: str = "fp32",
         calib_x: np.ndarray | None = None,
         on_candidate: Callable[[Candidate, bool], None] | None = None,
+        others: Sequence[OtherTarget] = (),
     ) -> None:
+        """``others``: further targets each candidate is also built for and measured on; its reward then
+        holds it to the worst relative excess over every target's latency aim (``budget_ms`` is the first's)."""
         self.ctx = ctx
+        self.others = list(others)
         self.size_budget = size_budget
         self.model = model
         self.cost = cost
@@ -255,85 +446,113 @@ class PruneEvaluator:
 
         return accuracy(pruned, self.ctx.val())
 
-    def __call__(self, policy: CompressionPolicy) -> EpisodeOutcome:
-        from hwcompress.evaluate import torch_threads
+    def _repeat(self, key: str) -> EpisodeOutcome:
+        cand = self.state.seen[key]
+        within = self._within(cand)
+        self.last_within = within
+        return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": True, "within_budget": within})
 
-        # One torch thread: small per-candidate work, and no fight with the profiler for the cores.
-        with torch_threads(1):
-            return self._evaluate(policy)
-
-    def _evaluate(self, policy: CompressionPolicy) -> EpisodeOutcome:
+    def _begin(self, policy: CompressionPolicy, batch: set[str] | None = None) -> Job:
+        """Number the candidate, build it in its precision and write the device's file."""
         self.episode += 1
         # built in the uniform precision the region predicts fastest for it (the policy says which)
         prec = self.region.precision_for(self.keep_vector(policy)) if self.region is not None else self.precision
         policy = dataclasses.replace(policy, default_precision=prec, precision={})
         key = policy.digest()
         if key in self.state.seen:
-            cand = self.state.seen[key]
-            within = self._within(cand)
-            self.last_within = within
-            return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": True, "within_budget": within})
-        t0 = time.perf_counter()
+            return Job(policy, key, done=self._repeat(key))
+        if batch is not None:
+            if key in batch:
+                return Job(policy, key, twin=True)
+            batch.add(key)
         from hwcompress.macs import count_macs
 
         predicted = self.region.predict(self.keep_vector(policy)) if self.region is not None else None
-        extra: dict[str, Any] = {"predicted_ms": predicted}
+        job = Job(policy, key, self.episode, time.perf_counter(), {"predicted_ms": predicted})
         try:
-            pruned = self.build(policy)
-            macs, params = count_macs(pruned, self.ctx.input_shape)
-            measurement: Measurement | None = None
-            onnx_path = self.ctx.workdir / f"prune-{key}.onnx"
+            job.model = self.build(policy)
+            job.macs, job.params = count_macs(job.model, self.ctx.input_shape)
+            job.path = self.ctx.workdir / f"prune-{key}.onnx"
             if self.cost == "measured":
-                from hwcompress.profiling.measure import measure
-
-                onnx_path = self.measured_file(pruned, self.ctx.workdir / f"prune-{key}", prec)
-                measurement = measure(onnx_path, self.ctx.target, cache=self.ctx.cache)
+                job.path = self.measured_file(job.model, self.ctx.workdir / f"prune-{key}", prec)
             else:  # proxy mode: the file is written for the record, not measured
                 from hwcompress.export import export_onnx
 
-                export_onnx(pruned, self.ctx.input_shape, onnx_path)
-            score = self.score(pruned)
-            if self.cost == "measured":
-                assert measurement is not None
-                costs = Costs(
-                    latency=measurement.latency.median_ms,
-                    latency_budget=self.budget_ms,
-                    size=float(onnx_path.stat().st_size),
-                    size_budget=self.size_budget,
-                    memory=float(measurement.peak_memory_bytes),
-                    memory_budget=self.ctx.memory_budget,
-                )
-                if self.region is not None:
-                    err = self.region.observe(self.keep_vector(policy), measurement.latency.median_ms, prec)
-                    extra["latency_model_error"] = err
-            else:  # flops proxy: MACs against the same fraction of the baseline's MACs
-                costs = Costs(latency=float(macs), latency_budget=self.budget_macs,
-                              size=float(onnx_path.stat().st_size), size_budget=self.size_budget)
-            reward = accuracy_within_budget(score, costs, penalty=self.ctx.penalty)
-            within = within_budget(costs)
-            cand = Candidate(
-                policy=policy, stage="prune", accuracy=score, macs=macs, params=params, reward=reward,
-                seconds=time.perf_counter() - t0, measurement=measurement, episode=self.episode,
-            )
-            extra["onnx"] = str(onnx_path)
-            extra["file_bytes"] = onnx_path.stat().st_size
+                export_onnx(job.model, self.ctx.input_shape, job.path)
+            for o in self.others:
+                stem = o.workdir / f"prune-{key}"
+                job.others[o.target.name] = (o.device_file(job.model, self.ctx.input_shape, stem, prec), None)
         except HwcompressError as exc:
-            within = False
-            cand = Candidate(
-                policy=policy, stage="prune", accuracy=0.0, macs=0, params=0, reward=FAILED_REWARD,
-                seconds=time.perf_counter() - t0, error=str(exc), episode=self.episode,
-            )
-            self.state.failures += 1
-            log.warning("candidate %s failed: %s", key, exc)
-        extra["within_budget"] = within
+            job.error = exc
+        return job
+
+    def _measure_others(self, job: Job) -> None:
+        from hwcompress.profiling.measure import measure
+
+        for o in self.others:
+            path, _ = job.others[o.target.name]
+            job.others[o.target.name] = (path, measure(path, o.target, cache=o.cache))
+
+    def _score(self, job: Job) -> float:
+        return self.score(job.model)
+
+    def _end(self, job: Job) -> EpisodeOutcome:
+        """Reward the measured, scored candidate (or record its failure) and log it."""
+        extra, policy, episode = job.extra, job.policy, job.episode
+        cand: Candidate | None = None
+        if job.error is None:
+            assert job.path is not None
+            measurement, onnx_path = job.measurement, job.path
+            try:
+                if self.cost == "measured":
+                    assert measurement is not None
+                    costs = Costs(
+                        latency=self._worst(job, measurement.latency.median_ms),
+                        latency_budget=self.budget_ms,
+                        size=float(onnx_path.stat().st_size),
+                        size_budget=self.size_budget,
+                        memory=float(measurement.peak_memory_bytes),
+                        memory_budget=self.ctx.memory_budget,
+                    )
+                    if self.region is not None:
+                        err = self.region.observe(self.keep_vector(policy), measurement.latency.median_ms,
+                                                  policy.default_precision)
+                        extra["latency_model_error"] = err
+                else:  # flops proxy: MACs against the same fraction of the baseline's MACs
+                    costs = Costs(latency=float(job.macs), latency_budget=self.budget_macs,
+                                  size=float(onnx_path.stat().st_size), size_budget=self.size_budget)
+                reward = accuracy_within_budget(job.score, costs, penalty=self.ctx.penalty)
+                within = within_budget(costs)
+                cand = Candidate(
+                    policy=policy, stage="prune", accuracy=job.score, macs=job.macs, params=job.params, reward=reward,
+                    seconds=time.perf_counter() - job.t0, measurement=measurement, episode=episode,
+                )
+                extra["onnx"] = str(onnx_path)
+                extra["file_bytes"] = onnx_path.stat().st_size
+                if self.others:  # each other target's reading, file and precision (multi.py picks from them)
+                    extra["targets"] = {}
+                    for o in self.others:
+                        path, m = job.others[o.target.name]
+                        extra["targets"][o.target.name] = {"measurement": m.to_dict() if m else None, "file": str(path),
+                                                           "precision": o.precision(policy.default_precision)}
+            except HwcompressError as exc:
+                job.error = exc
+        if cand is None:
+            within, cand = False, self._failed(job, "prune")
         self.last_within = within
-        self.state.seen[key] = cand
-        self.state.evaluated += 1
-        self.state.consider(cand, within)
-        self.ctx.log.append(_candidate_record(cand, extra))
-        if self.on_candidate:
-            self.on_candidate(cand, within)
-        return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": False, "within_budget": within})
+        return self._record(job, cand, within)
+
+    def _worst(self, job: Job, ms: float) -> float:
+        """The reading held to the budget: ``ms`` alone, or with other targets the worst ratio to each
+        target's aim, on the first target's scale (``budget_ms`` x the worst ratio)."""
+        if not self.others:
+            return ms
+        ratios = [ms / self.budget_ms]
+        for o in self.others:
+            m = job.others[o.target.name][1]
+            assert m is not None
+            ratios.append(m.latency.median_ms / o.aim_ms)
+        return max(ratios) * self.budget_ms
 
     def _within(self, cand: Candidate) -> bool:
         if cand.error:
@@ -351,7 +570,7 @@ class PruneEvaluator:
             self.episode = max(self.episode, cand.episode)
 
 
-class QuantEvaluator:
+class QuantEvaluator(_Batched):
     """Stage 2: precision policy -> QDQ ONNX (real quantization) -> measured -> accuracy on the runtime."""
 
     def __init__(
@@ -393,69 +612,71 @@ class QuantEvaluator:
             total += macs * BITS[p] * ACT_BITS[p]
         return total
 
-    def __call__(self, policy: CompressionPolicy) -> EpisodeOutcome:
-        from hwcompress.evaluate import torch_threads
+    def _repeat(self, key: str) -> EpisodeOutcome:
+        cand = self.state.seen[key]
+        return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": True})
 
-        with torch_threads(1):
-            return self._evaluate(policy)
-
-    def _evaluate(self, policy: CompressionPolicy) -> EpisodeOutcome:
+    def _begin(self, policy: CompressionPolicy, batch: set[str] | None = None) -> Job:
+        """Number the candidate and quantize it for real into the device's file."""
         self.episode += 1
         key = policy.digest()
         if key in self.state.seen:
-            cand = self.state.seen[key]
-            return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": True})
-        t0 = time.perf_counter()
-        extra: dict[str, Any] = {}
+            return Job(policy, key, done=self._repeat(key))
+        if batch is not None:
+            if key in batch:
+                return Job(policy, key, twin=True)
+            batch.add(key)
+        job = Job(policy, key, self.episode, time.perf_counter())
         try:
             stem = self.ctx.workdir / f"quant-{key}"
             from hwcompress.profiling.adapters import backend_for
 
             # .tflite converted from the torch model, or the fp32 ONNX quantized (+ TensorRT's precision sidecar)
-            q_path = backend_for(self.ctx.target).device_file(
+            job.path = backend_for(self.ctx.target).device_file(
                 self.model, self.ctx.input_shape, stem, self.ctx.target, policy, self.calib_x, fp32_onnx=self.fp32_onnx,
             )
-            size = float(q_path.stat().st_size)
-            measurement: Measurement | None = None
-            if self.cost == "measured":
-                from hwcompress.profiling.measure import measure
-
-                measurement = measure(q_path, self.ctx.target, cache=self.ctx.cache)
-            score = runtime_accuracy(q_path, self.ctx.val(), self.ctx.target.threads)
-            bitops = self.bitops(policy)
-            if self.cost == "measured":
-                assert measurement is not None
-                costs = Costs(
-                    latency=measurement.latency.median_ms, latency_budget=self.budget_ms, size=size,
-                    size_budget=self.ctx.size_budget, memory=float(measurement.peak_memory_bytes),
-                    memory_budget=self.ctx.memory_budget, latency_ref=self.latency_ref,
-                )
-            else:  # bit-ops proxy (HAQ)
-                costs = Costs(latency=float(bitops), latency_budget=self.budget_bitops, size=size,
-                              size_budget=self.ctx.size_budget, latency_ref=float(self.base_bitops))
-            reward = accuracy_within_budget(score, costs, penalty=self.ctx.penalty, speed_weight=self.speed_weight)
-            within = within_budget(costs)
-            cand = Candidate(
-                policy=policy, stage="quant", accuracy=score, macs=sum(self.layer_macs.values()), params=0,
-                reward=reward, seconds=time.perf_counter() - t0, measurement=measurement, episode=self.episode,
-            )
-            extra.update({"onnx": str(q_path), "file_bytes": int(size), "bitops": bitops, "sha256": sha256_file(q_path)})
         except HwcompressError as exc:
-            within = False
-            cand = Candidate(
-                policy=policy, stage="quant", accuracy=0.0, macs=0, params=0, reward=FAILED_REWARD,
-                seconds=time.perf_counter() - t0, error=str(exc), episode=self.episode,
-            )
-            self.state.failures += 1
-            log.warning("candidate %s failed: %s", key, exc)
-        extra["within_budget"] = within
-        self.state.seen[key] = cand
-        self.state.evaluated += 1
-        self.state.consider(cand, within)
-        self.ctx.log.append(_candidate_record(cand, extra))
-        if self.on_candidate:
-            self.on_candidate(cand, within)
-        return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": False, "within_budget": within})
+            job.error = exc
+        return job
+
+    def _score(self, job: Job) -> float:
+        assert job.path is not None
+        return runtime_accuracy(job.path, self.ctx.val(), self.ctx.target.threads)
+
+    def _end(self, job: Job) -> EpisodeOutcome:
+        """Reward the measured, scored candidate (or record its failure) and log it."""
+        extra, policy, episode = job.extra, job.policy, job.episode
+        cand: Candidate | None = None
+        if job.error is None:
+            assert job.path is not None
+            q_path, measurement = job.path, job.measurement
+            try:
+                size = float(q_path.stat().st_size)
+                bitops = self.bitops(policy)
+                if self.cost == "measured":
+                    assert measurement is not None
+                    costs = Costs(
+                        latency=measurement.latency.median_ms, latency_budget=self.budget_ms, size=size,
+                        size_budget=self.ctx.size_budget, memory=float(measurement.peak_memory_bytes),
+                        memory_budget=self.ctx.memory_budget, latency_ref=self.latency_ref,
+                    )
+                else:  # bit-ops proxy (HAQ)
+                    costs = Costs(latency=float(bitops), latency_budget=self.budget_bitops, size=size,
+                                  size_budget=self.ctx.size_budget, latency_ref=float(self.base_bitops))
+                reward = accuracy_within_budget(job.score, costs, penalty=self.ctx.penalty,
+                                                speed_weight=self.speed_weight)
+                within = within_budget(costs)
+                cand = Candidate(
+                    policy=policy, stage="quant", accuracy=job.score, macs=sum(self.layer_macs.values()), params=0,
+                    reward=reward, seconds=time.perf_counter() - job.t0, measurement=measurement, episode=episode,
+                )
+                extra.update({"onnx": str(q_path), "file_bytes": int(size), "bitops": bitops,
+                              "sha256": sha256_file(q_path)})
+            except HwcompressError as exc:
+                job.error = exc
+        if cand is None:
+            within, cand = False, self._failed(job, "quant")
+        return self._record(job, cand, within)
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         """Refill from ``search.jsonl``: only stage-2 candidates of this pruned model (``base_keep``).

@@ -11,6 +11,7 @@ Everything lives in a run directory:
     RUN_DIR/finetuned.pt       the fine-tuned pruned model (written when fine-tuning ends)
     RUN_DIR/stage2.json        stage 2's report: precision policy, judged winner
     RUN_DIR/candidates/        the candidates' files as the device ran them
+    RUN_DIR/pool.json          a pool of boards (--hosts / --pool): each board's calibration, state, events
 
 How the loop decides (docs/search.md): every candidate is measured on the target for its reward;
 the agent acts inside a region predicted from a latency table measured on the target
@@ -45,8 +46,10 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hwcompress.data import DataSplits
+    from hwcompress.profiling.pool import DevicePool
     from hwcompress.records import Target
     from hwcompress.recovery import Recovery
+    from hwcompress.search.evaluator import OtherTarget
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,11 @@ class SearchConfig:
     guard: float = 0.02  # candidates must meet the latency budget with this relative margin
     out: str = "out/search"
     force: bool = False
+    # A pool of boards of the target (docs/pool.md): each board's connection fields; () = the target's one device
+    boards: tuple[dict[str, Any], ...] = ()
+    ray_address: str | None = None  # join this Ray cluster (None: a local instance, started for a pool only)
+    board_wait_s: float = 60.0  # with every board down, wait this long for one to come back before stopping
+    targets: tuple[str, ...] = ()  # one search for several targets (search/multi.py); () = just `target`
 
     def validate(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]
@@ -119,16 +127,23 @@ class SearchConfig:
             parse_budget(self.size_budget, "--size-budget", unit="b")
         if self.memory_budget:
             parse_budget(self.memory_budget, "--memory-budget", unit="b")
+        from hwcompress.search.pooled import check_devices
+
+        check_devices(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stages"] = list(self.stages)
+        d["boards"] = [dict(b) for b in self.boards]
+        d["targets"] = list(self.targets)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
         d = dict(d)
         d["stages"] = tuple(d.get("stages", STAGES))
+        d["boards"] = tuple(dict(b) for b in d.get("boards", ()))
+        d["targets"] = tuple(d.get("targets", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -173,6 +188,7 @@ class SearchResult:
     candidates: int
     winners: dict[str, Judged] = field(default_factory=dict)  # each stage's winner as the judge saw it
     final: dict[str, Any] = field(default_factory=dict)  # the artifact judged against every budget (_accept)
+    pool: dict[str, Any] = field(default_factory=dict)  # the boards of a pool as pool.json keeps them
 
     @property
     def budget_met(self) -> bool:
@@ -223,6 +239,9 @@ class Search:
         self.allow_over_budget = False  # write an artifact whose result is over its budget (exit 3 all the same)
         self.quiet_libraries = False  # third-party warnings and native stderr to RUN_DIR/libraries.log
         self.final_verdict: dict[str, Any] = {}  # _accept's verdict on every budget
+        self.pool: DevicePool | None = None  # the boards measuring (a pool search), else the target's device
+        self.others: list[OtherTarget] = []  # further targets stage 1's candidates are measured on (search/multi.py)
+        self._prepared = False
         self._exits = contextlib.ExitStack()
 
     @classmethod
@@ -239,6 +258,12 @@ class Search:
         return cls(cfg, run_dir, resume=True, **kwargs)
 
     # ------------------------------------------------------------------ setup
+    def prepare(self) -> None:
+        """Check everything, then load the data and model and measure the baseline (once; run() calls it)."""
+        if not self._prepared:
+            self._prepare()
+            self._prepared = True
+
     def _prepare(self) -> None:
         import torch
 
@@ -259,7 +284,15 @@ class Search:
             preflight.artifact_destination(Path(cfg.out), cfg.force)
         preflight.writable_folder(self.run_dir, "--run-dir")
         self.target: Target = load_target(cfg.target, **cfg.connection)
-        preflight.target_ready(self.target, trust_new_host=self.trust_new_host)
+        self.boards: list[Target] = []
+        if cfg.boards:  # a pool: the search's target is its first board's (name, settings, manifest)
+            from hwcompress.profiling.pool import board_targets
+
+            self.boards = board_targets(self.target, cfg.boards)
+            self.target = self.boards[0]
+            preflight.boards_ready(self.boards, trust_new_host=self.trust_new_host)
+        else:
+            preflight.target_ready(self.target, trust_new_host=self.trust_new_host)
         self.splits: DataSplits = load_splits(cfg.data, seed=cfg.seed)
         net = build_for(cfg.model, self.splits)
         if cfg.checkpoint:  # it must load into the architecture (the baseline loads it again below)
@@ -276,7 +309,7 @@ class Search:
             self._exits.enter_context(library_output_to(self.run_dir / "libraries.log"))
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
-        if self.target.connection.kind == "ssh":
+        if self.target.connection.kind == "ssh" and not self.boards:
             from hwcompress.profiling.remote import runner_for
 
             runner_for(self.target, trust_new_host=self.trust_new_host)  # one pooled connection for the search
@@ -293,6 +326,10 @@ class Search:
                                              fp32_onnx=self.base_onnx)
         self.suffix = backend.device_suffix
         self.per_node = backend.per_node  # per-node times: each layer's share of the latency
+        if self.boards:  # from here on every measurement of the target goes to the pool's boards
+            from hwcompress.search.pooled import start_pool
+
+            self.pool = self._exits.enter_context(start_pool(self))
         self.reporter.message(f"measuring the baseline on {self.target.name}")
         self.base_measurement = self._baseline_measurement()
         self.base_ms = self.base_measurement.latency.median_ms
@@ -474,7 +511,7 @@ class Search:
 
     def _run(self) -> SearchResult:
         t_all = time.monotonic()
-        self._prepare()
+        self.prepare()
         cfg = self.cfg
         s1: Stage1Report | None = None
         s2: Stage2Report | None = None
@@ -502,6 +539,7 @@ class Search:
             budget_ms=self.budget.latency_ms, prune_best=s1.best if s1 else None, quant_best=s2.best if s2 else None,
             latency_model_within=s1.predictions_within_10pct if s1 else (0, 0), seconds=dict(self.seconds),
             candidates=len(self.log.read()), winners=winners, final=dict(self.final_verdict),
+            pool=self.pool.state() if self.pool is not None else {},
         )
 
     def _artifact(self, model: nn.Module, policy: CompressionPolicy) -> tuple[Manifest, Path]:

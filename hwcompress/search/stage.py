@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hwcompress.fsutil import atomic_write_bytes, atomic_write_text
-from hwcompress.search.agents import OFF_POLICY, AgentConfig, agent_class, decay_noise, make_agent
+from hwcompress.search.agents import OFF_POLICY, AgentConfig, agent_class, decay_noise, make_agent, set_noise
 
 if TYPE_CHECKING:
     import gymnasium as gym
     from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.vec_env import VecEnv
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,16 @@ def _set_rng_state(blob: bytes) -> None:
 
 
 class StageRunner:
-    """Drives ``env`` for ``episodes`` episodes (or until ``deadline``), checkpointing into ``ckpt_dir``."""
+    """Drives ``env`` for ``episodes`` episodes (or until ``deadline``), checkpointing into ``ckpt_dir``.
+
+    ``env`` is one environment, or copies of it stepped together (:class:`hwcompress.search.batch.BatchVecEnv`,
+    one per board of a pool): episodes are counted over every copy, each copy's transitions are shaped
+    on its own, and the checkpoint is written when a batch of episodes ends."""
 
     def __init__(
         self,
         name: str,
-        env: gym.Env[Any, Any],
+        env: gym.Env[Any, Any] | VecEnv,
         episode_len: int,
         agent_cfg: AgentConfig,
         ckpt_dir: Path,
@@ -135,8 +140,8 @@ class StageRunner:
         if self._buffer_file.exists() and hasattr(self.agent, "replay_buffer"):
             self.agent.replay_buffer = pickle.loads(self._buffer_file.read_bytes())  # our own checkpoint file
         self.progress = self.load_progress()
-        if self.progress.noise_sigma is not None and getattr(self.agent, "action_noise", None) is not None:
-            self.agent.action_noise._sigma = np.full_like(self.agent.action_noise._sigma, self.progress.noise_sigma)  # type: ignore[union-attr]
+        if self.progress.noise_sigma is not None:
+            set_noise(self.agent, self.progress.noise_sigma)
         if self._rng_file.exists():
             _set_rng_state(self._rng_file.read_bytes())
         log.info("%s: resumed after %d episodes", self.name, self.progress.episodes)
@@ -165,23 +170,31 @@ class StageRunner:
         seconds_before = self.progress.seconds
 
         class _Callback(BaseCallback):
+            """Per copy of the env (one, or one per board): its effective actions and finished episodes."""
+
             def __init__(self) -> None:
                 super().__init__()
-                self.effective: list[float] = []
-                self.final_reward = 0.0
+                self.effective: list[list[float]] = []
+                self.finished: list[tuple[int, float, dict[str, Any], int]] = []  # (copy, reward, info, episode)
                 self.stop = False
 
             def _on_step(self) -> bool:
-                info = self.locals["infos"][0]
-                self.effective.append(float(info.get("effective_action", 0.0)))
-                if self.locals["dones"][0]:
-                    self.final_reward = float(self.locals["rewards"][0])
+                infos, dones, rewards = self.locals["infos"], self.locals["dones"], self.locals["rewards"]
+                if not self.effective:
+                    self.effective = [[] for _ in infos]
+                ended = False
+                for i, info in enumerate(infos):
+                    self.effective[i].append(float(info.get("effective_action", 0.0)))
+                    if not dones[i]:
+                        continue
+                    ended = True
                     runner.progress.episodes += 1
                     if runner.cfg.name not in OFF_POLICY:
-                        runner._end_episode(self.final_reward, info)
-                        self.effective = []
+                        runner._end_episode(float(rewards[i]), info, runner.progress.episodes)
+                        self.effective[i] = []
                     else:
-                        self._info = info
+                        self.finished.append((i, float(rewards[i]), info, runner.progress.episodes))
+                if ended:
                     if deadline is not None and time.monotonic() >= deadline:
                         self.stop = True
                     if runner.progress.episodes >= episodes:
@@ -191,11 +204,14 @@ class StageRunner:
                 return True
 
             def _on_rollout_end(self) -> None:
-                if runner.cfg.name not in OFF_POLICY or not self.effective:
+                if runner.cfg.name not in OFF_POLICY or not self.finished:
                     return
-                runner._shape_buffer(self.effective, self.final_reward)
-                runner._end_episode(self.final_reward, getattr(self, "_info", {}))
-                self.effective = []
+                for i, final, _, _ in self.finished:
+                    runner._shape_buffer(self.effective[i], final, i)
+                    self.effective[i] = []
+                for k, (_, final, info, episode) in enumerate(self.finished):
+                    runner._end_episode(final, info, episode, save=k == len(self.finished) - 1)
+                self.finished = []
 
             def _on_rollout_start(self) -> None:
                 if self.stop:
@@ -224,13 +240,16 @@ class StageRunner:
         assert self.agent is not None
         if len(actions) != self.episode_len:
             raise ValueError(f"a seed episode needs {self.episode_len} actions, got {len(actions)}")
-        buf = self.agent.replay_buffer if self.cfg.name in OFF_POLICY else None  # type: ignore[attr-defined]
-        obs, _ = self.env.reset()
+        batch: list[Any] | None = getattr(self.env, "layerwise", None)  # one env copy per board: seed on the first
+        env: Any = batch[0] if batch else self.env
+        # a vectorised buffer holds a transition per copy and step: the seed is a candidate there, not a transition
+        buf = self.agent.replay_buffer if self.cfg.name in OFF_POLICY and not batch else None  # type: ignore[attr-defined]
+        obs, _ = env.reset()
         effective: list[float] = []
         reward, info = 0.0, dict[str, Any]()
         for a in actions:
             act = np.array([float(np.clip(a, -1.0, 1.0))], dtype=np.float32)
-            nxt, r, done, _, info = self.env.step(act)
+            nxt, r, done, _, info = env.step(act)
             reward = float(r)
             effective.append(float(info.get("effective_action", act[0])))
             if buf is not None:
@@ -239,28 +258,31 @@ class StageRunner:
         self.progress.episodes += 1
         if buf is not None:
             self._shape_buffer(effective, float(reward))
-        self._end_episode(float(reward), info)
+        self._end_episode(float(reward), info, self.progress.episodes)
 
-    def _shape_buffer(self, effective: list[float], final_reward: float) -> None:
-        """AMC: every transition of the episode gets (final reward - moving baseline); real actions stored."""
+    def _shape_buffer(self, effective: list[float], final_reward: float, env: int = 0) -> None:
+        """AMC: every transition of the episode (of copy ``env`` of the env) gets (final reward - moving
+        baseline); real actions stored."""
         assert self.agent is not None
         buf = self.agent.replay_buffer  # type: ignore[attr-defined]
         n = len(effective)
         idx = (np.arange(buf.pos - n, buf.pos)) % buf.buffer_size
         base = self.progress.reward_baseline
         shaped = final_reward - (base if base is not None else final_reward)
-        buf.rewards[idx, 0] = shaped
-        buf.actions[idx, 0, 0] = np.asarray(effective, dtype=buf.actions.dtype)
+        buf.rewards[idx, env] = shaped
+        buf.actions[idx, env, 0] = np.asarray(effective, dtype=buf.actions.dtype)
         self.progress.reward_baseline = final_reward if base is None else 0.95 * base + 0.05 * final_reward
 
-    def _end_episode(self, final_reward: float, info: dict[str, Any]) -> None:
+    def _end_episode(self, final_reward: float, info: dict[str, Any], episode: int, save: bool = True) -> None:
+        """Episode number ``episode`` ended: decay the noise past the warm-up, checkpoint (``save``: the
+        last episode of a batch), tell ``on_episode``."""
         assert self.agent is not None
-        warm = self.progress.episodes > self.cfg.warmup_episodes
-        if warm:
+        if episode > self.cfg.warmup_episodes:
             self.progress.noise_sigma = decay_noise(self.agent, self.cfg.noise_decay)
-        self.checkpoint()
+        if save:
+            self.checkpoint()
         if self.on_episode:
-            self.on_episode(self.progress.episodes, info)
+            self.on_episode(episode, info)
 
 
 class _StopStage(Exception):

@@ -35,6 +35,7 @@ from hwcompress.search.envs import PruneEnv, QuantEnv, StepLayer
 from hwcompress.search.evaluator import PruneEvaluator, QuantEvaluator
 from hwcompress.search.latency_model import LatencyModel
 from hwcompress.search.layers import cost_model, layer_times_ms, prune_step_layers, step_kind
+from hwcompress.search.pooled import stage_env
 from hwcompress.search.region import CostRegion, Region, TableRegion
 from hwcompress.search.stage import StageRunner
 from hwcompress.search.state import Judged, Stage1Report, Stage2Report
@@ -218,13 +219,13 @@ def run_stage1(s: Search) -> Stage1Report:
         s.ctx, s.base.model, cost=cfg.prune_cost, budget_ms=s.budget.aim_ms, size_budget=size,
         budget_macs=s.base_macs * s.budget.aim_ms / s.base_ms, base_macs=s.base_macs,
         region=region if measured else None, group_index={g.name: g.index for g in groups},
-        calib_x=s.splits.calib.x,
-        on_candidate=lambda c, w: s.reporter.candidate("prune", evaluator.episode, c, evaluator.state.best, w),
+        calib_x=s.splits.calib.x, others=s.others,
+        on_candidate=lambda c, w: s.reporter.candidate("prune", c.episode, c, evaluator.state.best, w),
     )
     if measured:
         _check_reach(s, evaluator, region, steps)
-    env = PruneEnv(steps, evaluator, region=region, lower_bound=cfg.lower_bound,
-                   channel_multiple=s.target.channel_multiple)
+    _, env = stage_env(s, lambda: PruneEnv(steps, evaluator, region=region, lower_bound=cfg.lower_bound,
+                                           channel_multiple=s.target.channel_multiple), evaluator)
     runner = StageRunner("prune", env, len(steps), s.agent_cfg(cfg.warmup_episodes), s.run_dir / "ckpt")
     if s.resume:  # candidates measured before the interruption; the agent resumes after its last checkpoint
         evaluator.restore(s.log.read())
@@ -353,7 +354,7 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         s.ctx, fp32, model=model, cost=cfg.quant_cost, budget_ms=s.budget.aim_ms, latency_ref=ref.latency.median_ms,
         layer_macs={q.name: macs.get(q.module, 0) for q in qlayers}, speed_weight=cfg.speed_weight,
         base_keep=keep, calib_x=s.splits.calib.x,
-        on_candidate=lambda c, w: s.reporter.candidate("quant", evaluator.episode, c, evaluator.state.best, w),
+        on_candidate=lambda c, w: s.reporter.candidate("quant", c.episode, c, evaluator.state.best, w),
     )
     if s.resume:
         evaluator.restore(s.log.read())
@@ -364,10 +365,11 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         shown = ", ".join(f"{k} {v:.2f}x" for k, v in sorted(speed.items(), key=lambda kv: kv[1]))
         s.reporter.message(f"pruned model per precision, measured beside fp32: {shown}")
         predictor = _mix_predictor(s, qlayers, keep, [float(ms_of.get(q.module, 0.0)) for q in qlayers], speed)
-    env = QuantEnv(steps, evaluator, precisions=s.target.precisions, base_keep=keep, speed=speed or None,
-                   predict=predictor, budget_ms=s.budget.aim_ms if cfg.wall else None)
+    env, stepped = stage_env(s, lambda: QuantEnv(steps, evaluator, precisions=s.target.precisions, base_keep=keep,
+                                                 speed=speed or None, predict=predictor,
+                                                 budget_ms=s.budget.aim_ms if cfg.wall else None), evaluator)
     warm = min(cfg.warmup_episodes, max(cfg.quant_episodes // 3, 1))
-    runner = StageRunner("quant", env, len(steps), s.agent_cfg(warm), s.run_dir / "ckpt")
+    runner = StageRunner("quant", stepped, len(steps), s.agent_cfg(warm), s.run_dir / "ckpt")
     s.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes if s.resume else 0)
     if measured:
         # The plain choices first, as ordinary candidates (episode 0): all fp32, and all at each precision

@@ -267,7 +267,9 @@ def test_rows_are_judged_beside_the_baseline(tmp_path: Path, monkeypatch: pytest
     assert not free.extra["verdicts"]["0.1x"]["within"] and free.meets("0.5x", within.budget_ms)
     assert free.latency_ms == pytest.approx(free.extra["ratio"] * base.latency_ms)
     lines = bc.table(base, rows).splitlines()
-    assert [line.split("|")[MET].strip() for line in lines[3:]] == ["yes", "**NO**", "0.5x"]
+    # met or over; with 3 pairs on a loaded machine a verdict may still be marked "(undecided)" (tested apart)
+    met = [line.split("|")[MET].strip().removesuffix(" (undecided)") for line in lines[3:]]
+    assert met == ["yes", "**NO**", "0.5x"]
     assert "over 3 pairs" in bc.findings("tiny", base, rows)[0]
     # a resumed run reuses every saved judgement of the same files: nothing is profiled (no target to profile on)
     bench.target = None

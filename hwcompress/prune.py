@@ -36,6 +36,7 @@ from hwcompress.errors import ModelError, PolicyError, UnsupportedLayerError
 from hwcompress.records import CompressionPolicy, LayerInfo, Record
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -520,6 +521,51 @@ def _accumulate_gradients(model: nn.Module, batches: Iterable[Any]) -> int:
     return n
 
 
+def taylor_importance(model: nn.Module, input_shape: Sequence[int], example_batches: Iterable[Any]) -> dict[str, np.ndarray]:
+    """First-order Taylor importance of every output channel of every prunable group, comparable across groups.
+
+    For each group (by name, as :func:`prunable_groups` names them) and each of its channels, summed
+    over the batches of ``example_batches`` (x or (x, y); without y the model's own top-1
+    predictions): ``sum |w * dL/dw|`` over every weight the channel couples in the group's dependency
+    graph (its layers' output filters and its consumers' input slices), as Torch-Pruning's
+    ``GroupTaylorImportance`` sums it (``group_reduction="sum"``, no per-group normalisation, so that
+    one group's channels compare with another's), plus ``|g * dL/dg| + |b * dL/db|`` of every batch
+    norm in the group (Torch-Pruning 1.6's scorer leaves batch norms out; HALP scores them).  ``L``:
+    the batch's cross-entropy; each batch is scored on its own gradient (Molchanov et al. 2019: at a
+    trained model's minimum the gradients of many batches summed first would largely cancel).  The
+    model is not modified.  Raises PolicyError when no batch is given.
+    """
+    import torch
+    import torch_pruning as tp
+
+    shape = _input_shape(input_shape)
+    work = copy.deepcopy(model)
+    traced = _trace(work, shape)
+    scorer = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+    totals = {e.info.name: torch.zeros(e.info.channels, dtype=torch.float64) for e in traced.entries}
+    batches = 0
+    for batch in example_batches:
+        batches += _accumulate_gradients(work, [batch])
+        with torch.no_grad():
+            for entry in traced.entries:
+                total = totals[entry.info.name]
+                imp = scorer(entry.group)
+                if imp is not None:
+                    total += imp.detach().double().cpu()
+                for item in entry.group:
+                    bn = item.dep.target.module
+                    if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) or not bn.affine:
+                        continue
+                    idxs = list(item.idxs)
+                    for p in (bn.weight, bn.bias):
+                        if p is not None and p.grad is not None:
+                            local = (p.data[idxs] * p.grad.data[idxs]).abs().double().cpu()
+                            total.scatter_add_(0, torch.as_tensor(list(item.root_idxs)), local)
+    if batches == 0:
+        raise PolicyError("example_batches is empty; Taylor importance needs at least one batch")
+    return {name: t.numpy().copy() for name, t in totals.items()}
+
+
 def apply_policy(
     model: nn.Module,
     policy: CompressionPolicy,
@@ -529,6 +575,7 @@ def apply_policy(
     importance: str = "l1",
     example_batches: Iterable[Any] | None = None,
     counts: Mapping[str, int] | None = None,
+    scores: Mapping[str, Sequence[float]] | None = None,
 ) -> nn.Module:
     """A pruned copy of ``model`` (the original is untouched).
 
@@ -537,7 +584,9 @@ def apply_policy(
     ``counts`` (group name -> channels to keep) gives them directly instead.
     Channels with the lowest group importance go: ``l1``/``l2`` weight magnitude over the
     whole group, ``bn`` batch-norm scale, ``taylor`` first-order Taylor (needs
-    ``example_batches``: a few batches of x or (x, y), numpy or torch).
+    ``example_batches``: a few batches of x or (x, y), numpy or torch).  ``scores`` (group name
+    -> one score per channel of the group, e.g. :func:`taylor_importance`) ranks a named group's
+    channels instead of ``importance``.
     """
     import torch
 
@@ -549,7 +598,7 @@ def apply_policy(
     pruned = copy.deepcopy(model)
     traced = _trace(pruned, shape)
     by_name = {e.info.name: e for e in traced.entries}
-    unknown = sorted((set(policy.keep) | set(counts or {})) - set(by_name))
+    unknown = sorted((set(policy.keep) | set(counts or {}) | set(scores or {})) - set(by_name))
     if unknown:
         known = ", ".join(by_name) or "none"
         extra = ""
@@ -562,6 +611,9 @@ def apply_policy(
         elif u in member:
             extra = f" ({u} is pruned with group {member[u]}: name the group)"
         raise PolicyError(f"policy names unknown prune group(s) {', '.join(unknown)}{extra}; groups are: {known}")
+    for name, values in (scores or {}).items():
+        if name in by_name and len(values) != by_name[name].info.channels:
+            raise PolicyError(f"group {name} has {by_name[name].info.channels} channels; {len(values)} scores given")
     plan: list[tuple[_Entry, int]] = []
     for entry in traced.entries:
         if counts is not None and entry.info.name in counts:
@@ -577,7 +629,7 @@ def apply_policy(
         for entry, _ in plan:
             if entry.info.name in bad:
                 raise UnsupportedLayerError(bad[entry.info.name])
-        if importance == "taylor":
+        if importance == "taylor" and any(e.info.name not in (scores or {}) for e, _ in plan):
             assert example_batches is not None
             if _accumulate_gradients(pruned, example_batches) == 0:
                 raise PolicyError("example_batches is empty; importance 'taylor' needs at least one batch")
@@ -586,7 +638,8 @@ def apply_policy(
         drops: list[tuple[_Entry, list[int]]] = []
         with torch.no_grad():
             for entry, k in plan:
-                imp = scorer(entry.group)
+                given = (scores or {}).get(entry.info.name)
+                imp = torch.as_tensor([float(v) for v in given]) if given is not None else scorer(entry.group)
                 if imp is None:  # e.g. no batch norm in the group for "bn"
                     imp = fallback(entry.group)
                 order = torch.argsort(imp.detach().float().cpu(), stable=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -29,6 +30,7 @@ def _load() -> ModuleType:
 
 
 bc = _load()
+MET = 10  # the "met" column of bc.table (after budget, method, seeds, acc, Δ, lat, p90, speed-up, budget ms)
 
 BASE = bc.Baseline(
     model="vgg-small",
@@ -113,7 +115,7 @@ def test_table_marks_missed_budgets_and_budget_free_rows() -> None:
     lines = md.splitlines()
     assert len(lines) == 2 + 1 + 3
     assert "| **NO** |" in lines[4]  # the proxy row
-    assert lines[5].split("|")[9].strip() == "none"  # all-int8 at 1.04 ms meets no 1.0 ms budget
+    assert lines[5].split("|")[MET].strip() == "none"  # all-int8 at 1.04 ms meets no 1.0 ms budget
     assert "4.0x" in lines[3]  # compression: 4 MB / 1 MB
 
 
@@ -176,14 +178,14 @@ def test_met_is_the_judges_verdict_not_a_reading() -> None:
     free.extra["verdicts"] = {"0.5x": _verdict([0.9, 0.95, 0.9, 0.92], [2.0, 2.0, 2.0, 2.0], 0.5)}
     assert free.meets("0.5x", 1.0) and bc._best_other([meas, fast_reading, free], meas) is free
     md = bc.table(BASE, [meas, fast_reading, free]).splitlines()
-    assert md[4].split("|")[9].strip() == "**NO**" and md[5].split("|")[9].strip() == "0.5x"
+    assert md[4].split("|")[MET].strip() == "**NO**" and md[5].split("|")[MET].strip() == "0.5x"
 
 
 def test_undecided_verdict_is_marked_in_the_table() -> None:
     r = row(bc.MEASURED, 0.9190, 0.95)
     r.verdict = _verdict([0.40, 0.60, 0.45, 0.55], [1.0] * 4, 0.5)
     assert not r.verdict["decided"] and r.met
-    assert bc.table(BASE, [r]).splitlines()[3].split("|")[9].strip() == "yes (undecided)"
+    assert bc.table(BASE, [r]).splitlines()[3].split("|")[MET].strip() == "yes (undecided)"
 
 
 def test_place_row_reports_the_judged_ratio_times_the_baseline() -> None:
@@ -231,15 +233,19 @@ def test_rows_are_judged_beside_the_baseline(tmp_path: Path, monkeypatch: pytest
     _convnet_onnx(d / "baseline.onnx", 64)  # the fp32 baseline: every row's reference
     cheap = _convnet_onnx(tmp_path / "cheap.onnx", 32)
     shutil.copy(cheap, d / "baseline-int8.onnx")  # a "precision copy" ~4x faster than fp32
-    rows = []
-    for budget, method in (("0.5x", bc.UNIFORM), ("0.1x", bc.GLOBAL), ("any", bc.INT8)):
-        art = tmp_path / f"{budget}-{method}"
-        art.mkdir()
-        shutil.copy(cheap, art / "model.onnx")
-        (art / "manifest.json").write_text("{}")
-        r = row(method, 0.9, 5.0, budget=budget, budget_ms=0.0 if budget == "any" else 1.0)  # stale readings
-        r.artifact = str(art)
-        rows.append(r)
+    def made() -> list[Any]:
+        rows = []
+        for budget, method in (("0.5x", bc.UNIFORM), ("0.1x", bc.GLOBAL), ("any", bc.INT8)):
+            art = tmp_path / f"{budget}-{method}"
+            art.mkdir(exist_ok=True)
+            shutil.copy(cheap, art / "model.onnx")
+            (art / "manifest.json").write_text("{}")
+            r = row(method, 0.9, 5.0, budget=budget, budget_ms=0.0 if budget == "any" else 1.0)  # stale readings
+            r.artifact = str(art)
+            rows.append(r)
+        return rows
+
+    rows = made()
     monkeypatch.setattr(hwcompress.artifact, "read_manifest", lambda art: SimpleNamespace(
         result=SimpleNamespace(file="model.onnx")))
     bench = object.__new__(bc.Bench)
@@ -261,8 +267,22 @@ def test_rows_are_judged_beside_the_baseline(tmp_path: Path, monkeypatch: pytest
     assert not free.extra["verdicts"]["0.1x"]["within"] and free.meets("0.5x", within.budget_ms)
     assert free.latency_ms == pytest.approx(free.extra["ratio"] * base.latency_ms)
     lines = bc.table(base, rows).splitlines()
-    assert [line.split("|")[9].strip() for line in lines[3:]] == ["yes", "**NO**", "0.5x"]
+    # met or over; with 3 pairs on a loaded machine a verdict may still be marked "(undecided)" (tested apart)
+    met = [line.split("|")[MET].strip().removesuffix(" (undecided)") for line in lines[3:]]
+    assert met == ["yes", "**NO**", "0.5x"]
     assert "over 3 pairs" in bc.findings("tiny", base, rows)[0]
+    # a resumed run reuses every saved judgement of the same files: nothing is profiled (no target to profile on)
+    bench.target = None
+    again = made()
+    base2 = bench.remeasure("tiny", bc.Baseline("tiny", 0.92, 9.0, 9.9, 0, 1, 1, 1, {"fp32": 1.0, "int8": 1.0}), again)
+    assert base2.latency_ms == base.latency_ms and base2.ratio_rounds == base.ratio_rounds
+    assert [r.verdict for r in again] == [r.verdict for r in rows] and again[2].extra["verdicts"] == free.extra["verdicts"]
+    assert [r.latency_ms for r in again] == [r.latency_ms for r in rows]
+    bench.target = target
+    third = made()[:1]
+    (Path(third[0].artifact) / "model.onnx").write_bytes((d / "baseline.onnx").read_bytes())  # another model there
+    bench.remeasure("tiny", bc.Baseline("tiny", 0.92, 9.0, 9.9, 0, 1, 1, 1, {"fp32": 1.0}), third)
+    assert third[0].verdict is not None and not third[0].verdict["within"]  # judged anew: the baseline itself
 
 
 def test_baseline_is_saved_beside_its_precision_copies_not_over_them(
@@ -286,10 +306,9 @@ def test_baseline_is_saved_beside_its_precision_copies_not_over_them(
     bench.args = argparse.Namespace(test_images=100, fresh=False)
     bench.work = tmp_path
     bench.target = load_target("x86-cpu")
-    bench.splits = fmnist_small
-    bench.shape = (1, *fmnist_small.input_shape)
+    bench._splits = {0: fmnist_small}
     bench.cache = None
-    bench._bases = {"tiny": SimpleNamespace(model=model)}
+    bench._bases = {("tiny", 0): SimpleNamespace(model=model)}
     (tmp_path / "rows").mkdir()
     monkeypatch.setattr(bc, "BASELINE_ROUNDS", 2)  # 2 ABBA pairs per precision copy: what is tested is the files
     base = bench.baseline("tiny")
@@ -304,3 +323,157 @@ def test_baseline_is_saved_beside_its_precision_copies_not_over_them(
         assert len(pairs) == 2 and base.precision_ratio[prec] == pytest.approx(sum(pairs) / 2)
     bench.target = None  # a second call must not measure: it reads the saved row
     assert bench.baseline("tiny") == base
+
+
+# --------------------------------------------------------------------------- issue 22: seeds, summary.json, resume
+SUMMARY_KEYS = {"model", "budget", "method", "seeds", "accuracy", "accuracy_mean", "accuracy_std",
+                "latency_over_budget", "met"}
+
+
+def _args(tmp_path: Path, **kw: Any) -> Any:
+    import argparse
+
+    a = argparse.Namespace(models="vgg-small", budgets="0.5", seed_list=[0, 1, 2], seeds="0,1,2",
+                           method_slugs={"measured", "uniform", "knapsack", "int8"}, headline_latency="0.2x",
+                           finetune_epochs=3, headline_finetune_epochs=3, episodes=40, quant_episodes=20, warmup=10,
+                           test_images=None, rounds=0, fresh=False, saved_only=False, work=tmp_path)
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+def _seeded(method: str, acc: float, seed: int, ratio: float, *, budget: str = "0.5x") -> Any:
+    """A judged row: latency ratio ``ratio`` to its baseline against a 0.5x budget."""
+    r = row(method, acc, 2.0 * ratio, budget=budget, budget_ms=1.0 if budget != "any" else 0.0)
+    r.seed, r.finetune_epochs = seed, 3
+    if budget == "any":
+        r.extra["verdicts"] = {"0.5x": _verdict([2.0 * ratio] * 4, [2.0] * 4, 0.5)}
+    else:
+        r.verdict = _verdict([2.0 * ratio] * 4, [2.0] * 4, 0.5)
+    return r
+
+
+def _results() -> dict[tuple[str, int], Any]:
+    """vgg-small at seeds 0-2: hwcompress, uniform and all-int8 at every seed, knapsack at seeds 0 and 1 only."""
+    out = {}
+    for seed in (0, 1, 2):
+        base = bc.Baseline(**{**asdict_base(), "accuracy": 0.92 + 0.001 * seed, "seed": seed})
+        rows = [_seeded(bc.MEASURED, 0.915 + 0.002 * seed, seed, 0.45),
+                _seeded(bc.UNIFORM, 0.910, seed, 0.49 if seed else 0.52),  # seed 0: judged over
+                _seeded(bc.INT8, 0.919, seed, 0.55, budget="any")]
+        if seed < 2:
+            rows.insert(2, _seeded(bc.KNAPSACK, 0.912 + 0.004 * seed, seed, 0.48))
+        out["vgg-small", seed] = (base, rows)
+    return out
+
+
+def asdict_base() -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(BASE)
+
+
+def test_summary_json_has_one_entry_per_model_budget_method_with_per_seed_verdicts(tmp_path: Path) -> None:
+    results = _results()
+    entries = bc.summary(_args(tmp_path), results)
+    assert all(set(e) == SUMMARY_KEYS for e in entries)
+    by = {(e["model"], e["budget"], e["method"]): e for e in entries}
+    assert set(by) == {("vgg-small", "0.5x", m) for m in ("hwcompress", "uniform", "knapsack", "ort-int8")}
+    uni = by["vgg-small", "0.5x", "uniform"]
+    assert uni["seeds"] == [0, 1, 2] and uni["accuracy"] == [0.910] * 3
+    assert uni["accuracy_mean"] == pytest.approx(0.910) and uni["accuracy_std"] == pytest.approx(0.0)
+    assert uni["latency_over_budget"] == pytest.approx([0.04, -0.02, -0.02]) and uni["met"] == [False, True, True]
+    knap = by["vgg-small", "0.5x", "knapsack"]
+    assert knap["seeds"] == [0, 1] and knap["accuracy_std"] == pytest.approx(statistics.stdev([0.912, 0.916]))
+    int8 = by["vgg-small", "0.5x", "ort-int8"]  # budget-free: judged against the grid's budget
+    assert int8["met"] == [False] * 3 and int8["latency_over_budget"] == pytest.approx([0.1] * 3)
+    one = bc.summary(_args(tmp_path, seed_list=[0]), {("vgg-small", 0): results["vgg-small", 0]})
+    assert all(e["accuracy_std"] is None for e in one)  # one seed: no spread claimed
+    assert set(bc.NAME.values()) == {"hwcompress", "proxy", "uniform", "global-magnitude", "knapsack", "netadapt",
+                                     "uniform+int8", "ort-int8", "hwcompress-headline"}
+
+
+def test_results_md_shows_mean_and_std_over_seeds_and_lists_missing_rows(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bc, "pareto_png", lambda *a: None)
+    out = bc.write_outputs(tmp_path, "x86-cpu", _args(tmp_path), _results(), 60.0, ["vgg-small 0.5x knapsack seed 2 "
+                                                                                     "(saved, but stale)"])
+    md = out.read_text()
+    assert "**Missing rows** (1 of the 12 asked for have no result yet): vgg-small 0.5x knapsack seed 2." in md
+    assert "Saved rows not used (1): vgg-small 0.5x knapsack seed 2 (saved, but stale)." in md
+    table = next(line for line in md.splitlines() if line.startswith("| 0.5x | uniform |"))
+    cells = [c.strip() for c in table.split("|")]
+    assert cells[3] == "3" and cells[4] == "91.00 ± 0.00" and cells[MET] == "**2/3**"
+    meas = next(line for line in md.splitlines() if line.startswith("| 0.5x | hwcompress |"))
+    assert "91.70 ± 0.20" in meas and meas.split("|")[MET].strip() == "3/3"
+    # the goal line compares with the best other method within at every seed (knapsack, 2 of 2), paired by seed
+    goal = next(line for line in md.splitlines() if line.startswith("| vgg-small | 0.5x |"))
+    assert "knapsack (HALP-style)" in goal and "+0.20 ± 0.14" in goal  # seeds 0 and 1: +0.3 and +0.1 pt
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert len(saved) == 4 and all(set(e) == SUMMARY_KEYS for e in saved)
+    assert len(json.loads((tmp_path / "rows.json").read_text())) == 11
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_saved_rows_resume_and_old_rows_load_as_seed_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A saved row is read, not made again; a row written before seeds existed (no seed, no fine-tune record but
+    a search's) is seed 0; a row fine-tuned otherwise is redone, or listed with the reason under --saved-only."""
+    from dataclasses import asdict
+
+    bench = object.__new__(bc.Bench)
+    bench.args = _args(tmp_path)
+    bench.work = tmp_path
+    bench.missing = []
+    (tmp_path / "rows").mkdir()
+    made: list[tuple[str, int]] = []
+
+    def fake(model: str, budget: str, method: str, budget_ms: float, seed: int = 0) -> Any:
+        made.append((method, seed))
+        r = _seeded(method, 0.9, seed, 0.4)
+        r.finetune_epochs = 3
+        return r
+
+    monkeypatch.setattr(bench, "fitted", fake)
+    monkeypatch.setattr(bench, "search", fake)
+    old = asdict(row(bc.MEASURED, 0.93, 0.9))
+    for k in ("seed", "finetune_epochs", "met_seeds"):
+        old.pop(k)
+    old["extra"] = {"finetune_epochs": 3}
+    (tmp_path / "rows" / "vgg-small-0.5x-measured.json").write_text(json.dumps(old))  # an older version's row
+    stale = asdict(row(bc.UNIFORM, 0.93, 0.9))
+    for k in ("seed", "finetune_epochs", "met_seeds"):
+        stale.pop(k)
+    (tmp_path / "rows" / "vgg-small-0.5x-uniform.json").write_text(json.dumps(stale))  # no fine-tune record
+    got = bench.row("vgg-small", "0.5x", bc.MEASURED, 1.0, 0)
+    assert got is not None and got.seed == 0 and got.accuracy == 0.93 and made == []
+    bench.args.saved_only = True
+    assert bench.row("vgg-small", "0.5x", bc.UNIFORM, 1.0, 0) is None
+    assert bench.missing == ["vgg-small 0.5x uniform seed 0 (saved in vgg-small-0.5x-uniform.json, but it records no "
+                             "fine-tune epochs (an older bench_compare); this run fine-tunes 3)"]
+    assert bench.row("vgg-small", "0.5x", bc.KNAPSACK, 1.0, 1) is None and made == []
+    bench.args.saved_only = False
+    redone = bench.row("vgg-small", "0.5x", bc.UNIFORM, 1.0, 0)
+    assert redone is not None and made == [(bc.UNIFORM, 0)] and redone.accuracy == 0.9
+    first = bench.row("vgg-small", "0.5x", bc.KNAPSACK, 1.0, 1)
+    assert first is not None and made[-1] == (bc.KNAPSACK, 1)
+    assert (tmp_path / "rows" / "vgg-small-0.5x-knapsack-seed1.json").exists()
+    again = bench.row("vgg-small", "0.5x", bc.KNAPSACK, 1.0, 1)  # resumed: read back, not made
+    assert again is not None and again.seed == 1 and len(made) == 2
+    bench.args.finetune_epochs = 1  # the same row asked with another fine-tune is made again
+    assert bench.row("vgg-small", "0.5x", bc.KNAPSACK, 1.0, 1) is not None and len(made) == 3
+
+
+def test_cli_refuses_the_removed_seed_flag_and_takes_summary_names(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(TOOLS.parent)}
+    out = subprocess.run([sys.executable, str(TOOLS / "bench_compare.py"), "--seed", "1"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "--seed was replaced by --seeds" in out.stderr and "--seeds 1" in out.stderr
+    out = subprocess.run([sys.executable, str(TOOLS / "bench_compare.py"), "--seeds", "0,0"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "distinct seeds" in out.stderr
+    out = subprocess.run([sys.executable, str(TOOLS / "bench_compare.py"), "--methods", "uniform+int8,bogus"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "--methods: unknown bogus;" in out.stderr  # uniform+int8 is a known name

@@ -28,9 +28,15 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from torch import nn
+
     from hwcompress.latency.graph import LayerTemplate
     from hwcompress.latency.table import LatencyTable
+    from hwcompress.profiling.cache import MeasurementCache
     from hwcompress.prune import PruneGroup
+    from hwcompress.records import LayerInfo, Target
     from hwcompress.search.latency_model import LatencyModel
 
 
@@ -241,3 +247,45 @@ class CostRegion(_Base):
 
     def within(self, tolerance: float = 0.10) -> tuple[int, int]:
         return self.model.within(tolerance)
+
+
+def build_table_region(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    target: Target,
+    *,
+    base_onnx: Path,
+    baseline_ms: dict[str, float],
+    limit: float,
+    lower_bound: float,
+    workdir: Path,
+    cache: MeasurementCache | None = None,
+    groups: Sequence[PruneGroup] | None = None,
+    rows: Sequence[LayerInfo] | None = None,
+) -> TableRegion:
+    """Stage 1's :class:`TableRegion` of ``model`` on ``target``, outside a search (the search's stage 1
+    and ``tools/bench_compare.py``'s knapsack row build it the same way).
+
+    ``base_onnx``: the unpruned model exported at ``input_shape`` (its graph's units are timed);
+    ``baseline_ms``: each precision the region may build a candidate in -> the unpruned model's
+    measured latency at it (ms; ``{"fp32": ms}`` for fp32 only), where each residual starts;
+    ``limit`` (ms, inf for none) and ``lower_bound`` (smallest keep ratio offered) as in
+    :class:`TableRegion`.  The table is measured on the target at the counts the channel multiple
+    allows (``plan_grid``), every entry looked up in ``cache`` first and stored there; ``workdir``
+    holds the entries' one-unit models while they are measured.  ``groups`` / ``rows``
+    (:func:`~hwcompress.prune.prunable_groups` / :func:`~hwcompress.prune.layer_table` of ``model``)
+    where the caller has them.  The built table is ``region.table`` (its ``measured``, ``cached``
+    and ``seconds`` say what the build cost).  ``workdir`` is made if missing.
+    """
+    from hwcompress.latency.graph import extract_templates
+    from hwcompress.latency.table import build_table, plan_grid
+    from hwcompress.prune import layer_table, prunable_groups
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    groups = list(groups) if groups is not None else prunable_groups(model, input_shape)
+    rows = list(rows) if rows is not None else layer_table(model, input_shape)
+    templates = extract_templates(base_onnx, {r.name: r.group for r in rows})
+    grid = plan_grid(templates, {g.index: g.channels for g in groups}, target.channel_multiple)
+    table = build_table(templates, grid, target, cache=cache, precisions=tuple(baseline_ms), workdir=workdir)
+    return TableRegion(table, templates, groups, multiple=target.channel_multiple, lower_bound=lower_bound,
+                       limit=limit, baseline_ms=baseline_ms)

@@ -36,7 +36,7 @@ from hwcompress.search.evaluator import PruneEvaluator, QuantEvaluator
 from hwcompress.search.latency_model import LatencyModel
 from hwcompress.search.layers import cost_model, layer_times_ms, prune_step_layers, step_kind
 from hwcompress.search.pooled import stage_env
-from hwcompress.search.region import CostRegion, Region, TableRegion
+from hwcompress.search.region import CostRegion, Region, build_table_region
 from hwcompress.search.stage import StageRunner
 from hwcompress.search.state import Judged, Stage1Report, Stage2Report
 
@@ -123,18 +123,14 @@ def stage1_region(s: Search, ratios: dict[str, float]) -> tuple[list[PruneGroup]
         prec = min(planned, key=lambda p: planned[p])
         model = LatencyModel(cost_model(groups, rows, times), s.base_ms * planned[prec])
         return groups, steps, CostRegion(model, channels, limit=wall, precision=prec, **common), "cost", {}
-    from hwcompress.latency.graph import extract_templates
-    from hwcompress.latency.table import build_table, plan_grid
-
-    templates = extract_templates(s.base_onnx, {r.name: r.group for r in rows})
-    grid = plan_grid(templates, {g.index: g.channels for g in groups}, s.target.channel_multiple)
     s.reporter.message(f"latency table of {s.cfg.model} on {s.target.name} at {', '.join(planned)} (cached entries "
                        "are reused)")
-    table = build_table(templates, grid, s.target, cache=s.cache, precisions=tuple(planned), workdir=s.run_dir)
+    region = build_table_region(s.base.model, s.shape, s.target, base_onnx=s.base_onnx, limit=wall,
+                                baseline_ms={p: s.base_ms * r for p, r in planned.items()}, lower_bound=cfg.lower_bound,
+                                workdir=s.run_dir, cache=s.cache, groups=groups, rows=rows)
+    table = region.table
     s.reporter.message(f"latency table: {len(table)} entries ({table.measured} measured, {table.cached} from the "
                        f"cache) in {table.seconds:.1f} s")
-    region = TableRegion(table, templates, groups, limit=wall, baseline_ms={p: s.base_ms * r for p, r in planned.items()},
-                         **common)
     info = {"entries": float(len(table)), "measured": float(table.measured), "cached": float(table.cached),
             "seconds": table.seconds}
     return groups, steps, region, "table", info
@@ -191,10 +187,17 @@ def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: li
 
 def stage1_seeds(s: Search, region: Region, groups: Sequence[PruneGroup]) -> dict[str, np.ndarray]:
     """Known good keep vectors the agent's first episodes play (the agent refines the best known policy
-    instead of starting from noise): uniform pruning, every group scaled down together to the region's
-    limit on the predictor."""
-    uniform = region.project(np.ones(len(groups)), region.limit)
-    return {"uniform": uniform}
+    instead of starting from noise), both on the region's predictor at its limit: uniform pruning (every
+    group scaled down together) and, with labels, the latency-aware knapsack (HALP: the most Taylor
+    importance kept within the predicted limit, :mod:`hwcompress.knapsack`)."""
+    seeds = {"uniform": region.project(np.ones(len(groups)), region.limit)}
+    if s.cfg.score == "accuracy":
+        from hwcompress.knapsack import channel_importance, knapsack_keep
+
+        importance = channel_importance(s.base.model, groups, s.splits.train.x, s.splits.train.y)
+        seeds["knapsack"] = knapsack_keep(region.predict, [region.choices(i) for i in range(len(groups))],
+                                          [g.channels for g in groups], importance, region.limit)
+    return seeds
 
 
 def seed_actions(keep: np.ndarray, lower_bound: float) -> list[float]:

@@ -208,8 +208,10 @@ def test_netadapt_meets_a_measured_budget_one_group_at_a_time(wide_vgg: object, 
     from hwcompress.prune import group_channels
 
     target = dataclasses.replace(_quick(load_target("x86-cpu")), channel_multiple=32)
-    base_ms = measure(export_onnx(wide_vgg, SHAPE, tmp_path / "base.onnx"), target).latency.median_ms  # type: ignore[arg-type]
-    budget = 0.75 * base_ms
+    base = export_onnx(wide_vgg, SHAPE, tmp_path / "base.onnx")  # type: ignore[arg-type]
+    # the fastest of 3 readings: a budget made from one slow reading can let the unpruned model in
+    base_ms = min(measure(base, target, force=r > 0).latency.median_ms for r in range(3))
+    budget = 0.6 * base_ms
     fit = netadapt(wide_vgg, SHAPE, target, budget, tmp_path / "w", splits=fmnist_small, step=0.15,  # type: ignore[arg-type]
                    max_measurements=60, val_limit=200)
     assert fit.met and fit.latency_ms <= budget and fit.method == "netadapt"

@@ -42,15 +42,10 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def _lines(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+    """Every whole line of a search.jsonl (the search's own reader: a line torn by a kill is skipped)."""
+    from hwcompress.search.evaluator import SearchLog
+
+    return SearchLog(path).read() if path.exists() else []
 
 
 def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -80,15 +80,10 @@ def _args(inputs: dict[str, Path], tmp: Path, target: Path, pool: Path, run: str
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+    """Every whole line of a search.jsonl (the search's own reader: a line torn by a kill is skipped)."""
+    from hwcompress.search.evaluator import SearchLog
+
+    return SearchLog(path).read() if path.exists() else []
 
 
 def _when_measured(log: Path, n: int, proc: subprocess.Popen[str], act: Any) -> threading.Thread:

@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from hwcompress.data import DataSplits
     from hwcompress.profiling.pool import DevicePool
     from hwcompress.records import Target
-    from hwcompress.recovery import Recovery
     from hwcompress.search.evaluator import OtherTarget
 
 log = logging.getLogger(__name__)
@@ -273,6 +272,7 @@ class Search:
         from hwcompress.macs import count_macs
         from hwcompress.profiling.adapters import backend_for
         from hwcompress.profiling.cache import MeasurementCache
+        from hwcompress.recovery import make_recovery
         from hwcompress.targets import load_target
         from hwcompress.zoo.train import build_for, ensure_baseline
 
@@ -339,22 +339,14 @@ class Search:
             target=self.target, input_shape=self.shape, splits=self.splits, cache=self.cache, workdir=self.workdir,
             log=self.log, score_mode=cfg.score, val_limit=cfg.val_limit, penalty=cfg.penalty,
             size_budget=self.budget.size_bytes, memory_budget=self.budget.memory_bytes,
-            recovery=self._recovery(),
+            recovery=make_recovery(self.base.model, self.splits.train, cfg.recovery_steps, seed=cfg.seed,
+                                   labels=cfg.score == "accuracy") if cfg.recovery_steps > 0 else None,
         )
         self.deadline = time.monotonic() + cfg.time_budget_s if cfg.time_budget_s else None
         self.reporter.message(
             f"baseline {self.base_ms:.3f} ms (spread {self.base_measurement.latency.robust_cv * 100:.1f}%), "
             f"accuracy {self.base.test_accuracy * 100:.2f}%; latency budget {self.budget.latency_ms:.3f} ms"
         )
-
-    def _recovery(self) -> Recovery | None:
-        """The short distillation each stage-1 candidate gets before it is scored (None: scored as pruned)."""
-        if self.cfg.recovery_steps <= 0:
-            return None
-        from hwcompress.recovery import make_recovery
-
-        return make_recovery(self.base.model, self.splits.train, self.cfg.recovery_steps, seed=self.cfg.seed,
-                             labels=self.cfg.score == "accuracy")
 
     def _baseline_measurement(self) -> Measurement:
         """The baseline's measurement, the scale of the search's readings: the fastest of
@@ -477,8 +469,12 @@ class Search:
         if path.exists():
             return load_pruned(path)
         model = self.pruned(policy)
-        with torch_threads(1):  # same adaptive-BN step the stage-1 candidates were scored with
+        with torch_threads(1):  # same adaptive-BN step and recovery the stage-1 candidates were scored with
             recalibrate_bn(model, self.splits.train.x, self.ctx.bn_batches)
+            if self.ctx.recovery is not None and policy.keep:
+                from hwcompress.recovery import recover
+
+                recover(model, self.ctx.recovery)
         if self.cfg.finetune_epochs > 0 and policy.keep:
             self.reporter.message(f"fine-tuning with distillation for {self.cfg.finetune_epochs} epoch(s)")
             t0 = time.monotonic()

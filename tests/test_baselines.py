@@ -211,12 +211,12 @@ def test_netadapt_meets_a_measured_budget_one_group_at_a_time(wide_vgg: object, 
     base = export_onnx(wide_vgg, SHAPE, tmp_path / "base.onnx")  # type: ignore[arg-type]
     # the fastest of 3 readings: a budget made from one slow reading can let the unpruned model in
     base_ms = min(measure(base, target, force=r > 0).latency.median_ms for r in range(3))
-    budget = 0.6 * base_ms
+    budget = 0.7 * base_ms
     fit = netadapt(wide_vgg, SHAPE, target, budget, tmp_path / "w", splits=fmnist_small, step=0.15,  # type: ignore[arg-type]
-                   max_measurements=60, val_limit=200)
+                   max_measurements=120, val_limit=200)
     assert fit.met and fit.latency_ms <= budget and fit.method == "netadapt"
     history = fit.info["history"]
-    assert fit.knob == len(history) >= 1 and 2 <= fit.measured <= 60
+    assert fit.knob == len(history) >= 1 and 2 <= fit.measured <= 120
     assert [h["ms"] for h in history][-1] == fit.latency_ms
     assert all(0.0 <= h["score"] <= 1.0 for h in history)
     # one group pruned per iteration, each to a count on the multiple; the model has the recorded counts

@@ -313,8 +313,10 @@ def demo(
     data: DataOpt = None,
     target: TargetOpt = "x86-cpu",
     out_dir: Annotated[Path, typer.Option("--out", help="Demo artifact folder (a previous demo artifact there is replaced)")] = Path("out/demo"),
-    episodes: Annotated[int, typer.Option("--episodes", help="Stage-1 episodes")] = 40,
+    episodes: Annotated[int, typer.Option("--episodes", help="Stage-1 episodes")] = 30,
     quant_episodes: Annotated[int, typer.Option("--quant-episodes", help="Stage-2 episodes")] = 20,
+    recovery_steps: Annotated[int, typer.Option(
+        "--recovery-steps", help="Distillation steps each stage-1 candidate gets before it is scored")] = 50,
     baseline_only: Annotated[bool, typer.Option("--baseline-only", help="Only train (cached), export and profile the baseline")] = False,
     cache: CacheOpt = None,
 ) -> None:
@@ -352,8 +354,8 @@ def demo(
     search(
         target=[target], model=model, checkpoint=None, data=data, latency_budget="0.5x", size_budget=None,
         memory_budget=None, stages="prune,quant", episodes=episodes, quant_episodes=quant_episodes, warmup=10,
-        time_budget=None, agent="ddpg", reward="accuracy", cost="measured", finetune_epochs=1, recovery_steps=100,
-        val_limit=2000,
+        time_budget=None, agent="ddpg", reward="accuracy", cost="measured", finetune_epochs=1,
+        recovery_steps=recovery_steps, val_limit=2000,
         test_limit=None, seed=0, out_dir=out_dir, run_dir=Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"),
         resume=None, force=True, cache=cache, host=None, port=None, user=None, key=None, remote_python=None,
         known_hosts=None, trust_new_host=False,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
 import os
@@ -38,18 +37,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from loopback_sshd import sshd_module  # tools/ is the script's folder, first on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _sshd_module() -> Any:
-    spec = importlib.util.spec_from_file_location("hwc_test_sshd", REPO / "tests" / "sshd.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    if not module.sshd_available():
-        sys.exit("/usr/sbin/sshd is missing (apt-get install openssh-server)")
-    return module
 
 
 def _inputs(root: Path) -> tuple[Path, Path]:
@@ -169,7 +161,7 @@ def main() -> None:
         sys.exit("need --episodes >= 2, --calls >= 1, --profiles >= 1, --min-seconds > 0, --repeats >= 1")
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     sys.path[:0] = [str(REPO), str(REPO / "tests")]
-    sshd = _sshd_module()
+    sshd = sshd_module()
     with tempfile.TemporaryDirectory(prefix="bench_pool_") as tmp:
         work = Path(tmp)
         servers = [sshd.SshServer(work / f"board{i}").start() for i in range(2)]

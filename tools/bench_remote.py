@@ -26,18 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loopback_sshd import sshd_module  # tools/ is the script's folder, first on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _loopback_server(root: Path) -> Any:
-    spec = importlib.util.spec_from_file_location("hwc_test_sshd", REPO / "tests" / "sshd.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    if not module.sshd_available():
-        sys.exit("no --host given and /usr/sbin/sshd is missing (apt-get install openssh-server)")
-    return module.SshServer(root).start()
+    return sshd_module().SshServer(root).start()
 
 
 def _convert(model: Any, target: Any, path: Path) -> Path:

@@ -234,8 +234,9 @@ def run_stage1(s: Search) -> Stage1Report:
         evaluator.restore(s.log.read())
         evaluator.episode = runner.load_progress().episodes
     s.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes if s.resume else 0)
-    seeds = stage1_seeds(s, region, groups) if measured and np.isfinite(region.limit) else {}
-    if seeds and not (s.resume and runner.has_checkpoint()):
+    fresh = not (s.resume and runner.has_checkpoint())  # a resumed stage played its seeds before
+    seeds = stage1_seeds(s, region, groups) if fresh and measured and np.isfinite(region.limit) else {}
+    if seeds:
         s.reporter.message(f"stage 1 starts from the {' and '.join(seeds)} solution(s) on the predicted region")
     t0 = time.monotonic()
     runner.run(cfg.prune_episodes, deadline=s.deadline, resume=s.resume,

@@ -111,6 +111,9 @@ class FakeBoard:
     def ping(self, timeout_s: float) -> dict[str, Any]:
         return {"ok": True} if self.alive else {"ok": False, "error": "RemoteError", "message": "refused (fake)"}
 
+    def where(self) -> dict[str, Any]:
+        return {"host": "fake", "pid": 0, "ray_node": ""}
+
     def close(self) -> None:
         pass
 

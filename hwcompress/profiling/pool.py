@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import statistics
 import tempfile
 import threading
@@ -263,6 +264,16 @@ class BoardWorker:
             return {"ok": False, "error": "RemoteError", "message": f"`true` exited {res.returncode}"}
         return {"ok": True}
 
+    def where(self) -> dict[str, Any]:
+        """Where this worker runs: host name, process, and its Ray node when it is an actor."""
+        node = ""
+        with contextlib.suppress(Exception):  # not in Ray (the thread backend), or Ray without a context
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        return {"host": socket.gethostname(), "pid": os.getpid(), "ray_node": node}
+
     def stats(self) -> dict[str, Any]:
         """The SSH runner's counters (connects, uploads, retries, seconds per phase)."""
         return dataclasses.asdict(self.runner.stats)
@@ -303,6 +314,30 @@ class _RayHandle:
             ray.kill(self.actor, no_restart=True)
 
 
+def _token_auth_as_ray_start_does() -> None:
+    """Send this host's Ray token when joining a cluster, as ``ray start`` does.
+
+    Since Ray 2.5x ``ray start`` (and a local ``ray.init()``) turn token authentication on whenever a
+    token exists (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``) and
+    ``RAY_AUTH_MODE`` is unset, but ``ray.init(address=...)`` does not: joining such a cluster then
+    fails with "InvalidAuthToken" after ~20 s of retries (seen with Ray 2.60).  An explicit
+    ``RAY_AUTH_MODE`` is left as the user set it.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or Path(token_file).is_file()):
+        return
+    try:  # what `ray start` calls: sets the variable and refreshes Ray's config, read once at import
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray: the variable alone (enough where ray reads it at init)
+        os.environ["RAY_AUTH_MODE"] = "token"
+    else:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 class RayBackend:
     """Board workers as Ray actors.
 
@@ -326,12 +361,19 @@ class RayBackend:
             for h in list(ray_log.handlers):
                 ray_log.removeHandler(h)
             ray_log.propagate = True
+            if address:
+                _token_auth_as_ray_start_does()
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING, configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
+            except Exception as exc:  # ConnectionError, RuntimeError, ValueError, ray's AuthenticationError
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-                raise RemoteError(f"cannot start or join {where} ({str(exc).splitlines()[0] if str(exc) else exc}); "
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                chain = f"{type(exc).__name__} {exc} {type(exc.__cause__).__name__} {exc.__cause__}"
+                if "authenticat" in chain.lower():
+                    why += ("; the cluster wants a token: put the head node's ~/.ray/auth_token on this host "
+                            "(or set RAY_AUTH_TOKEN) and RAY_AUTH_MODE=token")
+                raise RemoteError(f"cannot start or join {where} ({why}); "
                                   "check --ray-address (`ray status` on the head node)") from None
         self.startup_s = time.perf_counter() - t0
         self._cls = ray.remote(num_cpus=0, max_restarts=0)(BoardWorker)
@@ -394,6 +436,7 @@ class Board:
     measured: int = 0
     shipped: set[str] = field(default_factory=set)
     overhead_s: list[float] = field(default_factory=list)  # per profile: host wall - seconds in the board's SshRunner
+    worker: dict[str, Any] = field(default_factory=dict)  # BoardWorker.where(): host, pid, Ray node of its worker
 
     @property
     def name(self) -> str:
@@ -406,7 +449,7 @@ class Board:
     def summary(self) -> dict[str, Any]:
         over = statistics.median(self.overhead_s) * 1000 if self.overhead_s else None
         return {"board": self.name, "state": self.state, "baseline_ms": self.baseline_ms, "scale": self.scale,
-                "measured": self.measured, "reason": self.reason, "overhead_ms": over}
+                "measured": self.measured, "reason": self.reason, "overhead_ms": over, "worker": self.worker}
 
 
 class BoardRunner:
@@ -574,6 +617,8 @@ class DevicePool:
 
     def _calibrate_quietly(self, b: Board) -> float | None:
         try:
+            assert b.handle is not None
+            b.worker = call(b.handle, "where", wait_s=60.0)
             return self._calibrate(b)
         except HwcompressError as exc:
             b.reason = str(exc)
@@ -638,6 +683,7 @@ class DevicePool:
                 raise
             if not reply.get("ok"):
                 raise BoardLost(str(reply.get("message", "no answer")))
+            b.worker = call(b.handle, "where", wait_s=30.0)
             ms = self._calibrate(b)
         except HwcompressError as exc:
             with self._cond:

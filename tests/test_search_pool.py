@@ -231,3 +231,55 @@ def test_one_search_two_targets(search_inputs: dict[str, Path], tmp_path: Path) 
     assert "pareto-x86-cpu.png" in page and "pareto-loop.png" in page
     assert (out / "pareto-x86-cpu.png").stat().st_size > 1000 and (out / "pareto-loop.png").stat().st_size > 1000
     assert "report of every target, side by side" in res.stdout
+
+
+@pytest.mark.slow
+def test_two_targets_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """A two-target search killed in its shared stage 1 resumes: nothing measured before the kill is
+    measured again, on either device, and every target gets its artifact."""
+    if not sshd_available():
+        pytest.skip("OpenSSH server (/usr/sbin/sshd) is not installed: apt-get install openssh-server")
+    import signal
+
+    server = SshServer(tmp_path / "board").start()
+    run, out = tmp_path / "run", tmp_path / "out"
+    try:
+        (tmp_path / "loop.toml").write_text(server.target_toml("onnxruntime"))
+        args = [sys.executable, "-m", "hwcompress", "search", "--target", "x86-cpu", "--target",
+                str(tmp_path / "loop.toml"), "--model", "resnet-20", "--checkpoint", str(search_inputs["checkpoint"]),
+                "--data", str(search_inputs["data"]), "--stages", "prune", "--episodes", "6", "--warmup", "2",
+                "--latency-budget", "0.8x",  # well within reach: stage 1 plays all its episodes
+                "--finetune-epochs", "0", "--val-images", "200", "--test-images", "300", "--out", str(out),
+                "--run-dir", str(run), "--cache", str(tmp_path / "cache.sqlite"), "--allow-over-budget"]
+        errors = tmp_path / "first.err"
+        with errors.open("w") as err:
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=_env(tmp_path),
+                                    start_new_session=True)
+        log = run / "targets" / "x86-cpu" / "search.jsonl"
+        deadline = time.monotonic() + 900
+        try:
+            while time.monotonic() < deadline and len(_lines(log)) < 3:
+                if proc.poll() is not None:
+                    pytest.fail(f"search ended ({proc.returncode}) before it could be killed: "
+                                f"{errors.read_text()[-3000:]}")
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+        before = _lines(log)
+        assert len(before) >= 3
+        res = subprocess.run([sys.executable, "-m", "hwcompress", "search", "--resume", str(run),
+                              "--cache", str(tmp_path / "cache.sqlite"), "--allow-over-budget"],
+                             capture_output=True, text=True, timeout=2400, env=_env(tmp_path))
+    finally:
+        server.stop()
+    met = {key: json.loads((out / key / "manifest.json").read_text())["budget_met"] for key in ("x86-cpu", "loop")}
+    assert res.returncode == (0 if all(met.values()) else 3), res.stderr[-3000:]
+    after = _lines(log)
+    assert after[: len(before)] == before  # every candidate measured before the kill kept, on both devices
+    prune = [ln for ln in after if ln["stage"] == "prune" and not ln["error"]]
+    files = [ln["targets"]["loop"]["file"] for ln in prune]
+    assert len(set(files)) == len(files)  # and none measured twice on the second device
+    episodes = [ln["episode"] for ln in prune]
+    assert episodes == sorted(episodes) and len(set(episodes)) == len(episodes)
+    assert (out / "report.html").is_file()

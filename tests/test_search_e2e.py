@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from killed_search import kill_when_logged, log_lines
 
 
 def _search_args(inputs: dict[str, Path], tmp: Path, run: str, episodes: int, quant: int) -> list[str]:
@@ -41,13 +40,6 @@ def _env(tmp: Path) -> dict[str, str]:
     return {**os.environ, "HWCOMPRESS_CACHE": str(tmp / "hw-cache")}
 
 
-def _lines(path: Path) -> list[dict[str, object]]:
-    """Every whole line of a search.jsonl (the search's own reader: a line torn by a kill is skipped)."""
-    from hwcompress.search.evaluator import SearchLog
-
-    return SearchLog(path).read() if path.exists() else []
-
-
 def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) -> None:
     res = subprocess.run(_search_args(search_inputs, tmp_path, "run", 4, 3), capture_output=True, text=True,
                          timeout=900, env=_env(tmp_path))
@@ -57,7 +49,7 @@ def test_search_writes_artifact(search_inputs: dict[str, Path], tmp_path: Path) 
     assert (art / "model.onnx").is_file() and (art / "report.html").is_file()
     assert manifest["baseline"]["measurement"]["latency"]["median_ms"] > 0
     assert manifest["result"]["measurement"]["latency"]["median_ms"] > 0
-    lines = _lines(tmp_path / "run" / "search.jsonl")
+    lines = log_lines(tmp_path / "run" / "search.jsonl")
     stages = [ln["stage"] for ln in lines]
     assert stages.count("prune") >= 1 and stages.count("quant") >= 1
     for ln in lines:
@@ -136,20 +128,8 @@ def _assert_run_records(run: Path, manifest: dict[str, object], lines: list[dict
 
 def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) -> None:
     args = _search_args(search_inputs, tmp_path, "kill", 7, 2)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(tmp_path),
-                            start_new_session=True)
     log = tmp_path / "kill" / "search.jsonl"
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline and len(_lines(log)) < 3:
-            if proc.poll() is not None:
-                pytest.fail("search ended before it could be killed")
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    before = _lines(log)
-    assert len(before) >= 3
+    before = kill_when_logged(args, log, 3, _env(tmp_path), tmp_path / "kill.err", timeout_s=600)
     baseline = (tmp_path / "kill" / "baseline.json").read_text()
     ckpt_state = json.loads((tmp_path / "kill" / "ckpt" / "prune-state.json").read_text())
     done = ckpt_state["progress"]["episodes"]
@@ -159,7 +139,7 @@ def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) ->
                           "--cache", str(tmp_path / "cache.sqlite"), "--allow-over-budget"],
                          capture_output=True, text=True, timeout=900, env=_env(tmp_path))
     _assert_outcome(res, tmp_path / "kill-artifact")
-    after = _lines(log)
+    after = log_lines(log)
     prune = [ln for ln in after if ln["stage"] == "prune"]
     # the measured candidates from before the kill are all still there, none measured again
     assert after[: len(before)] == before

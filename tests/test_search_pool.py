@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from killed_search import kill_when_logged, log_lines
 from sshd import SshServer, sshd_available
 from test_cli_errors import assert_one_line_error, run_cli
 
@@ -79,18 +80,11 @@ def _args(inputs: dict[str, Path], tmp: Path, target: Path, pool: Path, run: str
             "--cache", str(tmp / "cache.sqlite"), "--allow-over-budget", "--board-wait", "5"]
 
 
-def _lines(path: Path) -> list[dict[str, Any]]:
-    """Every whole line of a search.jsonl (the search's own reader: a line torn by a kill is skipped)."""
-    from hwcompress.search.evaluator import SearchLog
-
-    return SearchLog(path).read() if path.exists() else []
-
-
 def _when_measured(log: Path, n: int, proc: subprocess.Popen[str], act: Any) -> threading.Thread:
     """Run ``act`` once ``n`` candidates are in ``log`` (bounded: 15 minutes, or the search ends)."""
     def wait() -> None:
         deadline = time.monotonic() + 900
-        while time.monotonic() < deadline and proc.poll() is None and len(_lines(log)) < n:
+        while time.monotonic() < deadline and proc.poll() is None and len(log_lines(log)) < n:
             time.sleep(0.1)
         if proc.poll() is None:
             act()
@@ -124,7 +118,7 @@ def test_a_board_killed_mid_search_hands_on_its_work_and_rejoins(search_inputs: 
             s.stop()
     manifest = json.loads((tmp_path / "run-artifact" / "manifest.json").read_text())
     assert proc.returncode == (0 if manifest["budget_met"] else 3), err[-3000:]
-    lines = _lines(tmp_path / "run" / "search.jsonl")
+    lines = log_lines(tmp_path / "run" / "search.jsonl")
     names = {f"127.0.0.1:{s.port}" for s in servers}
     measured = [ln for ln in lines if not ln["error"]]
     assert len(measured) == len(lines) >= 4  # no candidate failed or was lost to the board that went away
@@ -158,7 +152,7 @@ def test_every_board_gone_stops_the_search_with_its_resume_command(search_inputs
         assert last.startswith("hwcompress: error: every board of the pool is gone (")
         assert last.endswith(f"continue it with `hwcompress search --resume {run}`")
         assert "Traceback" not in err
-        before = _lines(run / "search.jsonl")
+        before = log_lines(run / "search.jsonl")
         assert len(before) >= 2
         for s in servers:
             s.start()
@@ -170,7 +164,7 @@ def test_every_board_gone_stops_the_search_with_its_resume_command(search_inputs
             s.stop()
     manifest = json.loads((tmp_path / "gone-artifact" / "manifest.json").read_text())
     assert res.returncode == (0 if manifest["budget_met"] else 3), res.stderr[-3000:]
-    after = _lines(run / "search.jsonl")
+    after = log_lines(run / "search.jsonl")
     assert after[: len(before)] == before  # every candidate measured before the boards went is kept, none again
     digests = [json.dumps(ln["policy"], sort_keys=True) for ln in after]
     assert len(digests) == len(set(digests))
@@ -213,13 +207,13 @@ def test_one_search_two_targets(search_inputs: dict[str, Path], tmp_path: Path) 
         assert manifest["target"]["name"] == key
     assert res.returncode == (0 if all(met.values()) else 3), res.stderr[-3000:]
     # stage 1 was shared: the lead's log holds every candidate measured on both devices, scored once
-    lead = _lines(run / "targets" / "x86-cpu" / "search.jsonl")
+    lead = log_lines(run / "targets" / "x86-cpu" / "search.jsonl")
     prune = [ln for ln in lead if ln["stage"] == "prune" and not ln["error"]]
     assert prune and all(ln["measurement"]["board"] == "local" for ln in prune)
     for ln in prune:
         other = ln["targets"]["loop"]
         assert other["measurement"]["board"] == f"127.0.0.1:{server.port}" and Path(other["file"]).is_file()
-    assert not [ln for ln in _lines(run / "targets" / "loop" / "search.jsonl") if ln["stage"] == "prune"]
+    assert not [ln for ln in log_lines(run / "targets" / "loop" / "search.jsonl") if ln["stage"] == "prune"]
     # each target picked its own stage-1 winner, judged on its own device, among the shared candidates
     s1 = json.loads((run / "targets" / "loop" / "stage1.json").read_text())
     assert s1["region"] == "shared with x86-cpu" and s1["judged"]
@@ -239,8 +233,6 @@ def test_two_targets_resume_after_sigkill(search_inputs: dict[str, Path], tmp_pa
     measured again, on either device, and every target gets its artifact."""
     if not sshd_available():
         pytest.skip("OpenSSH server (/usr/sbin/sshd) is not installed: apt-get install openssh-server")
-    import signal
-
     server = SshServer(tmp_path / "board").start()
     run, out = tmp_path / "run", tmp_path / "out"
     try:
@@ -251,23 +243,8 @@ def test_two_targets_resume_after_sigkill(search_inputs: dict[str, Path], tmp_pa
                 "--latency-budget", "0.8x",  # well within reach: stage 1 plays all its episodes
                 "--finetune-epochs", "0", "--val-images", "200", "--test-images", "300", "--out", str(out),
                 "--run-dir", str(run), "--cache", str(tmp_path / "cache.sqlite"), "--allow-over-budget"]
-        errors = tmp_path / "first.err"
-        with errors.open("w") as err:
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=_env(tmp_path),
-                                    start_new_session=True)
         log = run / "targets" / "x86-cpu" / "search.jsonl"
-        deadline = time.monotonic() + 900
-        try:
-            while time.monotonic() < deadline and len(_lines(log)) < 3:
-                if proc.poll() is not None:
-                    pytest.fail(f"search ended ({proc.returncode}) before it could be killed: "
-                                f"{errors.read_text()[-3000:]}")
-                time.sleep(0.2)
-            os.killpg(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=30)
-        before = _lines(log)
-        assert len(before) >= 3
+        before = kill_when_logged(args, log, 3, _env(tmp_path), tmp_path / "first.err")
         res = subprocess.run([sys.executable, "-m", "hwcompress", "search", "--resume", str(run),
                               "--cache", str(tmp_path / "cache.sqlite"), "--allow-over-budget"],
                              capture_output=True, text=True, timeout=2400, env=_env(tmp_path))
@@ -275,7 +252,7 @@ def test_two_targets_resume_after_sigkill(search_inputs: dict[str, Path], tmp_pa
         server.stop()
     met = {key: json.loads((out / key / "manifest.json").read_text())["budget_met"] for key in ("x86-cpu", "loop")}
     assert res.returncode == (0 if all(met.values()) else 3), res.stderr[-3000:]
-    after = _lines(log)
+    after = log_lines(log)
     assert after[: len(before)] == before  # every candidate measured before the kill kept, on both devices
     prune = [ln for ln in after if ln["stage"] == "prune" and not ln["error"]]
     files = [ln["targets"]["loop"]["file"] for ln in prune]

@@ -393,11 +393,13 @@ class Search:
     def pick(
         self, stage: str, cands: Sequence[Candidate], file_of: Callable[[Candidate], Path],
         project: Callable[[Candidate, Verdict], Candidate | None] | None = None,
+        settled: tuple[Candidate, Verdict] | None = None,
     ) -> tuple[Candidate | None, list[Judged]]:
         """A stage's winner: the best-ranked candidate (:func:`ranked`) the judge finds within the
         budget's ``aim``, trying ``PICK_TRIES``; else ``project`` moves the first one onto the
         predictor's region (keeping its shape) and the projection is judged, up to ``PROJECTIONS``
-        times.  None within: the fastest judged (the final verdict then says the result is over)."""
+        times; else ``settled`` (this stage's copy of the model stage 1's judge found within: a later
+        stage never ends worse).  None within: the fastest judged (the final verdict says it is over)."""
         order = ranked(cands, self.budget.aim_ms)
         judged: list[tuple[Candidate, Judged]] = []
 
@@ -421,6 +423,10 @@ class Search:
                 if one(p, "projected").within:
                     return p, [x for _, x in judged]
                 c, j = judged[-1]
+        if settled is not None and settled[1].within:
+            c, v = settled
+            self.reporter.message(f"{stage}: none judged within; stage 1's winner stays ({v.describe()})")
+            return c, [*(j for _, j in judged), Judged(c.policy.digest(), "earlier stage", _ms(c), v)]
         if not judged:
             return (order[0] if order else None), []
         best = min(judged, key=lambda t: t[1].verdict.ratio)[0]
@@ -441,13 +447,14 @@ class Search:
         atomic_write_text(out, json.dumps(report.to_dict(), indent=2))
         return report
 
-    def _stage2(self, model: nn.Module, keep: dict[str, float], precision: str) -> Stage2Report:
+    def _stage2(self, model: nn.Module, keep: dict[str, float], precision: str,
+                settled: Verdict | None = None) -> Stage2Report:
         from hwcompress.search.stages import run_stage2
 
         out = self.run_dir / "stage2.json"
         if out.exists():
             return Stage2Report.from_dict(json.loads(out.read_text()))
-        report = run_stage2(self, model, keep, precision)
+        report = run_stage2(self, model, keep, precision, settled)
         atomic_write_text(out, json.dumps(report.to_dict(), indent=2))
         return report
 
@@ -519,7 +526,7 @@ class Search:
         model = self._finetuned(CompressionPolicy(keep=keep)) if keep else self.base.model
         final = CompressionPolicy(keep=keep)
         if "quant" in cfg.stages:
-            s2 = self._stage2(model, keep, precision)
+            s2 = self._stage2(model, keep, precision, settled=s1.winner_verdict() if s1 else None)
             final = s2.policy
         self.reporter.message("writing the artifact (quantize, validate, measure baseline and result)")
         t0 = time.monotonic()

@@ -326,7 +326,10 @@ def _mix_predictor(s: Search, qlayers: Sequence[Any], keep: dict[str, float], la
     return MixPredictor(modules, table=table, templates=templates, counts=counts)
 
 
-def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: str) -> Stage2Report:
+def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: str,
+               settled: Verdict | None = None) -> Stage2Report:
+    """Stage 2 on the fine-tuned stage-1 winner ``model``; ``settled``: the judge's verdict on that
+    winner at ``precision`` in stage 1 (its uniform policy here is the same model: the fallback)."""
     from hwcompress.export import export_onnx
     from hwcompress.macs import layer_macs
     from hwcompress.profiling.adapters import backend_for
@@ -400,7 +403,11 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
             path = s.candidate_file(c)
             return path if path.is_file() else precision_file(s, model, fp32, c.policy, path.with_suffix(""))
 
-        best, judged = s.pick("stage 2", list(evaluator.state.seen.values()), file_of)
+        cands = list(evaluator.state.seen.values())
+        plain = next((c for c in cands if not c.error and c.measurement is not None
+                      and set(c.policy.precision.values()) == {precision}), None)
+        best, judged = s.pick("stage 2", cands, file_of,
+                              settled=(plain, settled) if plain is not None and settled is not None else None)
     return Stage2Report(
         policy=best.policy if best else CompressionPolicy(keep=keep), best=best,
         within=any(j.verdict.within for j in judged) if measured else evaluator.state.best_within,

@@ -53,7 +53,7 @@ class Judged(Record):
     """One candidate judged beside the baseline: how it was chosen, its reading in the search, the verdict."""
 
     policy: str  # digest
-    how: str  # ranked (by reward, among the candidates) | projected (onto the predictor's region)
+    how: str  # ranked (by reward, among the candidates) | projected (onto the predictor's region) | earlier stage (the same model, judged in stage 1)
     reading_ms: float
     verdict: Verdict
 
@@ -77,6 +77,13 @@ class Stage1Report(Record):
     predictions_within_10pct: tuple[int, int] = (0, 0)
     table: dict[str, float] = field(default_factory=dict)  # entries, measured, cached, seconds
     judged: tuple[Judged, ...] = ()
+
+    def winner_verdict(self) -> Verdict | None:
+        """The judge's (last) verdict on the winner; None when the winner was not judged."""
+        if self.best is None:
+            return None
+        digest = self.best.policy.digest()
+        return next((j.verdict for j in reversed(self.judged) if j.policy == digest), None)
 
 
 @dataclass(frozen=True)

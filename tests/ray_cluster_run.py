@@ -22,8 +22,10 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -55,7 +57,7 @@ def main() -> int:
     # token mode on by itself, Ray 2.60: it needs RAY_AUTH_MODE=token)
     ray_env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(token), "RAY_AUTH_MODE": "token"}
     ray_env.pop("RAY_ADDRESS", None)
-    temp = Path(os.environ.get("TMPDIR", "/tmp")) / f"rc{os.getpid()}"  # short: Ray's socket paths must fit 107 bytes
+    temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     servers = [SshServer(work / f"board{i}").start() for i in range(2)]
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -103,6 +105,7 @@ def main() -> int:
         for s in servers:
             s.stop()
         ray_cli("stop", "--force", env=ray_env)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 if __name__ == "__main__":

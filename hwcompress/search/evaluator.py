@@ -261,8 +261,24 @@ class _Batched(abc.ABC):
         """The candidate's score (accuracy or similarity in [0, 1]) on the validation images."""
 
     @abc.abstractmethod
+    def _rewarded(self, job: Job) -> tuple[Candidate, bool]:
+        """The built, measured and scored ``job`` as a rewarded candidate, and whether it is within the
+        budgets (raises HwcompressError when a figure cannot be had)."""
+
+    STAGE = ""  # prune | quant: the stage its candidates are logged under
+
     def _end(self, job: Job) -> EpisodeOutcome:
-        """Reward and record the candidate (or its failure)."""
+        """Reward the measured, scored candidate (or record its failure) and log it."""
+        cand: Candidate | None = None
+        within = False
+        if job.error is None:
+            try:
+                cand, within = self._rewarded(job)
+            except HwcompressError as exc:
+                job.error = exc
+        if cand is None:
+            cand = self._failed(job, self.STAGE)
+        return self._record(job, cand, within)
 
     @abc.abstractmethod
     def _repeat(self, key: str) -> EpisodeOutcome:
@@ -375,6 +391,8 @@ class _Batched(abc.ABC):
 class PruneEvaluator(_Batched):
     """Stage 1: keep-ratio policy -> pruned torch model -> ONNX -> measured -> accuracy/similarity."""
 
+    STAGE = "prune"
+
     def __init__(
         self,
         ctx: EvalContext,
@@ -409,7 +427,6 @@ class PruneEvaluator(_Batched):
         self.state = StageState("prune")
         self.on_candidate = on_candidate
         self.episode = 0
-        self.last_within = False
 
     def keep_vector(self, policy: CompressionPolicy) -> np.ndarray:
         keep = np.ones(len(self.group_index))
@@ -449,7 +466,6 @@ class PruneEvaluator(_Batched):
     def _repeat(self, key: str) -> EpisodeOutcome:
         cand = self.state.seen[key]
         within = self._within(cand)
-        self.last_within = within
         return EpisodeOutcome(cand.reward, {"candidate": cand, "repeat": True, "within_budget": within})
 
     def _begin(self, policy: CompressionPolicy, batch: set[str] | None = None) -> Job:
@@ -496,51 +512,41 @@ class PruneEvaluator(_Batched):
     def _score(self, job: Job) -> float:
         return self.score(job.model)
 
-    def _end(self, job: Job) -> EpisodeOutcome:
-        """Reward the measured, scored candidate (or record its failure) and log it."""
-        extra, policy, episode = job.extra, job.policy, job.episode
-        cand: Candidate | None = None
-        if job.error is None:
-            assert job.path is not None
-            measurement, onnx_path = job.measurement, job.path
-            try:
-                if self.cost == "measured":
-                    assert measurement is not None
-                    costs = Costs(
-                        latency=self._worst(job, measurement.latency.median_ms),
-                        latency_budget=self.budget_ms,
-                        size=float(onnx_path.stat().st_size),
-                        size_budget=self.size_budget,
-                        memory=float(measurement.peak_memory_bytes),
-                        memory_budget=self.ctx.memory_budget,
-                    )
-                    if self.region is not None:
-                        err = self.region.observe(self.keep_vector(policy), measurement.latency.median_ms,
-                                                  policy.default_precision)
-                        extra["latency_model_error"] = err
-                else:  # flops proxy: MACs against the same fraction of the baseline's MACs
-                    costs = Costs(latency=float(job.macs), latency_budget=self.budget_macs,
-                                  size=float(onnx_path.stat().st_size), size_budget=self.size_budget)
-                reward = accuracy_within_budget(job.score, costs, penalty=self.ctx.penalty)
-                within = within_budget(costs)
-                cand = Candidate(
-                    policy=policy, stage="prune", accuracy=job.score, macs=job.macs, params=job.params, reward=reward,
-                    seconds=time.perf_counter() - job.t0, measurement=measurement, episode=episode,
-                )
-                extra["onnx"] = str(onnx_path)
-                extra["file_bytes"] = onnx_path.stat().st_size
-                if self.others:  # each other target's reading, file and precision (multi.py picks from them)
-                    extra["targets"] = {}
-                    for o in self.others:
-                        path, m = job.others[o.target.name]
-                        extra["targets"][o.target.name] = {"measurement": m.to_dict() if m else None, "file": str(path),
-                                                           "precision": o.precision(policy.default_precision)}
-            except HwcompressError as exc:
-                job.error = exc
-        if cand is None:
-            within, cand = False, self._failed(job, "prune")
-        self.last_within = within
-        return self._record(job, cand, within)
+    def _rewarded(self, job: Job) -> tuple[Candidate, bool]:
+        extra, policy = job.extra, job.policy
+        assert job.path is not None
+        measurement, onnx_path = job.measurement, job.path
+        if self.cost == "measured":
+            assert measurement is not None
+            costs = Costs(
+                latency=self._worst(job, measurement.latency.median_ms),
+                latency_budget=self.budget_ms,
+                size=float(onnx_path.stat().st_size),
+                size_budget=self.size_budget,
+                memory=float(measurement.peak_memory_bytes),
+                memory_budget=self.ctx.memory_budget,
+            )
+            if self.region is not None:
+                err = self.region.observe(self.keep_vector(policy), measurement.latency.median_ms,
+                                          policy.default_precision)
+                extra["latency_model_error"] = err
+        else:  # flops proxy: MACs against the same fraction of the baseline's MACs
+            costs = Costs(latency=float(job.macs), latency_budget=self.budget_macs,
+                          size=float(onnx_path.stat().st_size), size_budget=self.size_budget)
+        reward = accuracy_within_budget(job.score, costs, penalty=self.ctx.penalty)
+        cand = Candidate(
+            policy=policy, stage=self.STAGE, accuracy=job.score, macs=job.macs, params=job.params, reward=reward,
+            seconds=time.perf_counter() - job.t0, measurement=measurement, episode=job.episode,
+        )
+        extra["onnx"] = str(onnx_path)
+        extra["file_bytes"] = onnx_path.stat().st_size
+        if self.others:  # each other target's reading, file and precision (multi.py picks from them)
+            extra["targets"] = {}
+            for o in self.others:
+                path, m = job.others[o.target.name]
+                extra["targets"][o.target.name] = {"measurement": m.to_dict() if m else None, "file": str(path),
+                                                   "precision": o.precision(policy.default_precision)}
+        return cand, within_budget(costs)
 
     def _worst(self, job: Job, ms: float) -> float:
         """The reading held to the budget: ``ms`` alone, or with other targets the worst ratio to each
@@ -572,6 +578,8 @@ class PruneEvaluator(_Batched):
 
 class QuantEvaluator(_Batched):
     """Stage 2: precision policy -> QDQ ONNX (real quantization) -> measured -> accuracy on the runtime."""
+
+    STAGE = "quant"
 
     def __init__(
         self,
@@ -643,40 +651,29 @@ class QuantEvaluator(_Batched):
         assert job.path is not None
         return runtime_accuracy(job.path, self.ctx.val(), self.ctx.target.threads)
 
-    def _end(self, job: Job) -> EpisodeOutcome:
-        """Reward the measured, scored candidate (or record its failure) and log it."""
-        extra, policy, episode = job.extra, job.policy, job.episode
-        cand: Candidate | None = None
-        if job.error is None:
-            assert job.path is not None
-            q_path, measurement = job.path, job.measurement
-            try:
-                size = float(q_path.stat().st_size)
-                bitops = self.bitops(policy)
-                if self.cost == "measured":
-                    assert measurement is not None
-                    costs = Costs(
-                        latency=measurement.latency.median_ms, latency_budget=self.budget_ms, size=size,
-                        size_budget=self.ctx.size_budget, memory=float(measurement.peak_memory_bytes),
-                        memory_budget=self.ctx.memory_budget, latency_ref=self.latency_ref,
-                    )
-                else:  # bit-ops proxy (HAQ)
-                    costs = Costs(latency=float(bitops), latency_budget=self.budget_bitops, size=size,
-                                  size_budget=self.ctx.size_budget, latency_ref=float(self.base_bitops))
-                reward = accuracy_within_budget(job.score, costs, penalty=self.ctx.penalty,
-                                                speed_weight=self.speed_weight)
-                within = within_budget(costs)
-                cand = Candidate(
-                    policy=policy, stage="quant", accuracy=job.score, macs=sum(self.layer_macs.values()), params=0,
-                    reward=reward, seconds=time.perf_counter() - job.t0, measurement=measurement, episode=episode,
-                )
-                extra.update({"onnx": str(q_path), "file_bytes": int(size), "bitops": bitops,
-                              "sha256": sha256_file(q_path)})
-            except HwcompressError as exc:
-                job.error = exc
-        if cand is None:
-            within, cand = False, self._failed(job, "quant")
-        return self._record(job, cand, within)
+    def _rewarded(self, job: Job) -> tuple[Candidate, bool]:
+        policy = job.policy
+        assert job.path is not None
+        q_path, measurement = job.path, job.measurement
+        size = float(q_path.stat().st_size)
+        bitops = self.bitops(policy)
+        if self.cost == "measured":
+            assert measurement is not None
+            costs = Costs(
+                latency=measurement.latency.median_ms, latency_budget=self.budget_ms, size=size,
+                size_budget=self.ctx.size_budget, memory=float(measurement.peak_memory_bytes),
+                memory_budget=self.ctx.memory_budget, latency_ref=self.latency_ref,
+            )
+        else:  # bit-ops proxy (HAQ)
+            costs = Costs(latency=float(bitops), latency_budget=self.budget_bitops, size=size,
+                          size_budget=self.ctx.size_budget, latency_ref=float(self.base_bitops))
+        reward = accuracy_within_budget(job.score, costs, penalty=self.ctx.penalty, speed_weight=self.speed_weight)
+        cand = Candidate(
+            policy=policy, stage=self.STAGE, accuracy=job.score, macs=sum(self.layer_macs.values()), params=0,
+            reward=reward, seconds=time.perf_counter() - job.t0, measurement=measurement, episode=job.episode,
+        )
+        job.extra.update({"onnx": str(q_path), "file_bytes": int(size), "bitops": bitops, "sha256": sha256_file(q_path)})
+        return cand, within_budget(costs)
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         """Refill from ``search.jsonl``: only stage-2 candidates of this pruned model (``base_keep``).

@@ -313,7 +313,8 @@ def netadapt(
     given, e.g. a few distillation steps) and is scored on the first ``val_limit`` validation images;
     the most accurate becomes the current model (its weights carried on).  Where no group alone meets
     the target, each group's fastest measured count is proposed and the proposal losing the least
-    accuracy per ms saved is kept.  Repeats until the current model measures within ``budget_ms``, no
+    accuracy per ms saved is kept (the most accurate one where none reads faster than the current
+    model: its one reading was then a fast outlier).  Repeats until the current model measures within ``budget_ms``, no
     group can shrink, or ``max_measurements`` profiles were taken (the iteration in flight then
     decides among the proposals it has).  ``knob``: iterations made; ``measured``: profiles taken;
     ``info['history']``: per iteration, the group pruned, its new count, the measured ms and score.
@@ -393,13 +394,17 @@ def netadapt(
                     break
                 if within is not None:
                     met.append(within)
-                elif fast is not None and fast[2] < cur_ms:
+                elif fast is not None:
                     fastest.append(fast)
-            pool = met or fastest
+            # a proposal has strictly fewer channels than the current model, so the loop ends; where
+            # none *reads* faster than the current model's one reading (a fast outlier on a noisy host),
+            # the most accurate one is taken and its reading replaces the outlier
+            faster = [p for p in fastest if p[2] < cur_ms]
+            pool = met or faster or fastest
             if not pool:
                 break
             scored = [(recovered(net), name, c, ms, net) for name, c, ms, net in pool]
-            if met:
+            if met or not faster:
                 score, name, c, ms, net = max(scored, key=lambda t: t[0])
             else:
                 if cur_score is None:

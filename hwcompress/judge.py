@@ -12,6 +12,10 @@ out.  The median of the per-pair ratios, with a 95 % percentile-bootstrap interv
 - the median decides: ``within`` iff ratio <= limit.  ``decided`` says whether the interval lay on
   one side of it (else the answer is the best the pairs allow, and the record says so).
 
+A search *reads* its candidates with the same statistic (:class:`Reader`): the median of a few such
+pairs, put on the scale of the baseline's median at the search's start.  Its readings, its
+predictor's fit, its reward and its verdicts then share one statistic.
+
 ``hwcompress check`` fails a build only on a *significant* slowdown past its tolerance (interval's
 low end past a quarter of the tolerance, :func:`hwcompress.check.latency_verdict`): a model the
 judge calls within a limit is never failed by check at that limit.
@@ -20,8 +24,12 @@ judge calls within a limit is never failed by check at that limit.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-from collections.abc import Callable, Sequence
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MIN_PAIRS = 4
 MAX_PAIRS = 10
+READING_PAIRS = 3  # pairs per search reading (see Reader); the judge takes MIN_PAIRS..MAX_PAIRS
 CONFIDENCE = 0.95
 
 #: Per-round timing settings of every judged profile (the search's verdicts, ``check``, ``baseline``):
@@ -191,3 +200,63 @@ def judge(
             return v
         m2, r2 = measure_rounds(model, target, 1, reference=reference, runner=runner, start=len(ms))
         ms, rs = ms + m2, rs + r2
+
+
+@dataclass
+class Reader:
+    """How a search reads a candidate's latency: with the judge's statistic, on fewer pairs.
+
+    Two kinds of noise meet a profile on a real device, and the judge is built against both:
+
+    - *per process*: a fresh process of the runtime lands in a fast or a slow state and keeps it
+      (memory layout, the core it runs on); small models on these CPUs are bimodal, ~20 % apart.
+      One profile is then a coin toss, and a search that keeps the candidates *read* within its aim
+      keeps the lucky ones: the judge, on several processes, finds them over.
+    - *over time*: a slow spell of a shared machine (on this VM the same model reads 40-70 % slower
+      for a minute at a time), a board warming up.
+
+    With a ``reference`` (a relative budget: the baseline's file), a reading is ``pairs`` ABBA pairs
+    of fresh profiles beside the reference with :data:`ROUND_SETTINGS` (order carried on from one
+    reading to the next), and the candidate's times are put on the scale of ``scale_ms`` (the
+    baseline's median at the search's start) by the median pair: reading = ``scale_ms x`` median
+    model/reference ratio, so that a reading within ``aim x scale_ms`` is a ratio within ``aim`` as
+    the judge takes it.  The measurement is the median pair's model profile; its ``board_scale``
+    is that pair's reference / ``scale_ms`` (the device's speed then).  Without a reference (an
+    absolute budget, which the judge holds the model's own milliseconds to): the median of
+    ``pairs`` fresh profiles.  The cache is not used: a reading belongs to its moment.
+    """
+
+    target: Target
+    reference: Path | None
+    scale_ms: float
+    pairs: int = READING_PAIRS
+    _order: Iterator[int] = dataclasses.field(default_factory=itertools.count, repr=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.pairs < 1 or self.scale_ms <= 0:
+            raise ValueError("a Reader needs pairs >= 1 and scale_ms > 0")
+
+    def read(self, model: Path, *, runner: Runner | None = None, target: Target | None = None) -> Measurement:
+        """``model``'s reading; ``runner`` / ``target``: a pool board's (default: the search's target)."""
+        from hwcompress.profiling.measure import scaled
+
+        with self._lock:  # a pool's boards read at once: each reading takes the next place in the order
+            start = next(self._order) * self.pairs
+        t = round_target(target if target is not None else self.target)
+        t0 = time.perf_counter()
+        ms, rs = measure_rounds(model, t, self.pairs, reference=self.reference, runner=runner, start=start)
+        own = [m.latency.median_ms for m in ms]
+        values = [m / r.latency.median_ms for m, r in zip(own, rs, strict=True)] if rs else own
+        i = values.index(statistics.median_low(values))
+        rep = dataclasses.replace(ms[i], rounds=len(ms), median_cv=_spread(own), wall_s=time.perf_counter() - t0,
+                                  cached=False)
+        return scaled(rep, rs[i].latency.median_ms / self.scale_ms) if rs else rep
+
+
+def _spread(values: Sequence[float]) -> float:
+    """Population standard deviation over mean (0 for fewer than two values)."""
+    if len(values) < 2:
+        return 0.0
+    mean = statistics.fmean(values)
+    return statistics.pstdev(values) / mean if mean > 0 else 0.0

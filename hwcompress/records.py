@@ -243,7 +243,8 @@ class Measurement(Record):
     cached: bool = False
     per_node_us: dict[str, float] = field(default_factory=dict)  # node name -> mean time per run (us)
     board: str = ""  # the device that took it (host:port, or local); "" in records from before boards were named
-    # Times were divided by this: the board's speed relative to its pool's reference board (1.0 = as measured)
+    # Times were divided by this: the device's speed when it was taken relative to a reference reading —
+    # a pool board's calibration, or the baseline profiled beside it (a search's paired reading); 1.0 = as measured
     board_scale: float = 1.0
 
 

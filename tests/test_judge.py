@@ -1,8 +1,7 @@
 """hwcompress.judge: the one rule for "is this model within its latency limit on the device".
 
-The rule itself (:func:`decide`) on rounds given by hand; the pair-adding loop (:func:`judge`) on a
-scripted profiler (ABBA order, min/max pairs); and :func:`judge` on two real ONNX models profiled
-by the real local ONNX Runtime profiler.
+The rule itself (:func:`decide`) on rounds given by hand; the pair-adding loop (:func:`judge`) and a
+search's :class:`Reader` on a scripted profiler (ABBA order, min/max pairs, the median pair); and both on two real ONNX models profiled by the real local ONNX Runtime profiler.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hwcompress.judge import Verdict, decide, judge, measure_rounds
+from hwcompress.judge import Reader, Verdict, decide, judge, measure_rounds
 from hwcompress.records import LatencyStats, Measurement, MeasureSettings
 from hwcompress.targets import load_target
 
@@ -136,6 +135,41 @@ def test_judge_needs_sane_pair_bounds() -> None:
         judge(Path("m.onnx"), load_target("x86-cpu"), 0.5, min_pairs=0, max_pairs=2)
 
 
+def test_reader_is_the_median_pair_on_the_start_scale(scripted: Any) -> None:
+    calls, script = scripted
+    script.update({"m.onnx": [1.0, 3.0, 2.0, 1.0, 3.0, 2.0], "r.onnx": [4.0, 4.0, 8.0, 4.0, 4.0, 8.0]})
+    reader = Reader(load_target("x86-cpu"), Path("r.onnx"), scale_ms=4.0)
+    m = reader.read(Path("m.onnx"))  # pairs 1/4, 3/4, 2/8: ratios 0.25, 0.75, 0.25 -> the median pair is the first
+    assert calls == ["m.onnx", "r.onnx", "r.onnx", "m.onnx", "m.onnx", "r.onnx"]  # ABBA, fresh profiles
+    assert m.latency.median_ms == pytest.approx(1.0) and m.board_scale == 1.0  # 0.25 x the start's 4 ms
+    assert m.rounds == 3 and not m.cached
+    assert m.median_cv == pytest.approx(float(np.std([1.0, 3.0, 2.0]) / 2.0))
+    m2 = reader.read(Path("m.onnx"))  # the order goes on: this reading starts with the reference
+    assert calls[6:] == ["r.onnx", "m.onnx", "m.onnx", "r.onnx", "r.onnx", "m.onnx"]
+    assert m2.latency.median_ms == pytest.approx(1.0)
+
+
+def test_reader_follows_the_device_as_a_pair_does(scripted: Any) -> None:
+    _, script = scripted
+    script.update({"m.onnx": [4.0], "r.onnx": [16.0]})  # the device now runs everything twice as slow as at start
+    m = Reader(load_target("x86-cpu"), Path("r.onnx"), scale_ms=8.0).read(Path("m.onnx"))
+    assert m.board_scale == 2.0 and m.latency.median_ms == 2.0  # a quarter of the baseline, on the start's scale
+
+
+def test_reader_without_reference_reads_the_model_alone(scripted: Any) -> None:
+    calls, script = scripted
+    script["m.onnx"] = [1.0, 1.2, 1.1]
+    m = Reader(load_target("x86-cpu"), None, scale_ms=1.0).read(Path("m.onnx"))
+    assert calls == ["m.onnx"] * 3 and m.latency.median_ms == 1.1 and m.board_scale == 1.0
+
+
+def test_reader_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        Reader(load_target("x86-cpu"), None, scale_ms=0.0)
+    with pytest.raises(ValueError):
+        Reader(load_target("x86-cpu"), None, scale_ms=1.0, pairs=0)
+
+
 # --------------------------------------------------------------------------- real models, real profiler
 def conv_net(path: Path, width: int, size: int = 32) -> Path:
     """Two 3x3 convolutions (8 -> ``width`` -> ``width``) on a ``size`` x ``size`` input, then a pool:
@@ -193,3 +227,12 @@ def test_real_rounds_alternate_and_stay_fresh(real_pair: tuple[Path, Path, Any])
     ms, rs = measure_rounds(cheap, target, 2, reference=ref)
     assert len(ms) == len(rs) == 2 and not any(m.cached for m in ms + rs)
     assert ms[0].model_sha256 != rs[0].model_sha256 and {m.model_sha256 for m in ms} == {ms[0].model_sha256}
+
+
+def test_real_reader_agrees_with_the_judge(real_pair: tuple[Path, Path, Any]) -> None:
+    cheap, ref, target = real_pair
+    start, _ = measure_rounds(ref, target, 3)
+    scale = float(np.median([m.latency.median_ms for m in start]))
+    m = Reader(target, ref, scale_ms=scale).read(cheap)
+    assert m.rounds == 3 and not m.cached and 0.5 < m.board_scale < 2.0
+    assert m.latency.median_ms / scale < 0.6  # ~0.27x, as the judge's pairs measure it (above)

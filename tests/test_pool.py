@@ -24,8 +24,8 @@ from hwcompress.errors import DevicesLost, UsageError
 from hwcompress.fsutil import sha256_file
 from hwcompress.profiling.adapters import get_adapter
 from hwcompress.profiling.cache import MeasurementCache
-from hwcompress.profiling.measure import measure, routed
-from hwcompress.profiling.pool import DevicePool, board_targets, load_pool_file, parse_hosts, scaled
+from hwcompress.profiling.measure import measure, routed, scaled
+from hwcompress.profiling.pool import DevicePool, board_targets, load_pool_file, parse_hosts
 from hwcompress.records import Target
 from hwcompress.targets import parse_target
 

@@ -244,6 +244,21 @@ def replace_target(m: Measurement, target: Target) -> Measurement:
     return dataclasses.replace(m, target=target.name, board=m.board or target.connection.board)
 
 
+def scaled(m: Measurement, scale: float) -> Measurement:
+    """``m`` with its times divided by ``scale``: the device's speed when ``m`` was taken relative to a
+    reference reading (a pool board's calibration, or a search's paired reading: :class:`hwcompress.judge.Reader`)."""
+    if scale == 1.0:
+        return dataclasses.replace(m, board_scale=1.0)
+    lat = m.latency
+    latency = LatencyStats(
+        median_ms=lat.median_ms / scale, p10_ms=lat.p10_ms / scale, p90_ms=lat.p90_ms / scale,
+        mean_ms=lat.mean_ms / scale, std_ms=lat.std_ms / scale, cv=lat.cv, n=lat.n, min_ms=lat.min_ms / scale,
+        max_ms=lat.max_ms / scale, robust_cv=lat.robust_cv,
+    )
+    return dataclasses.replace(m, latency=latency, per_node_us={k: v / scale for k, v in m.per_node_us.items()},
+                               board_scale=scale)
+
+
 def probe(target: Target, runner: Runner | None = None, timeout_s: float | None = None) -> dict[str, Any]:
     """Check that ``target``'s runtime loads on the device (the connection test): returns the
     profiler's JSON (runtime_version, device, device_info, providers, profiler_version).

@@ -64,9 +64,11 @@ from hwcompress.errors import (
     UsageError,
 )
 from hwcompress.fsutil import atomic_write_text, sha256_file
-from hwcompress.records import Connection, LatencyStats, Measurement, Target
+from hwcompress.profiling.measure import scaled
+from hwcompress.records import Connection, Measurement, Target
 
 if TYPE_CHECKING:
+    from hwcompress.judge import Reader
     from hwcompress.profiling.cache import MeasurementCache
 
 log = logging.getLogger(__name__)
@@ -489,20 +491,6 @@ class BoardRunner:
         raise BoardLost(message)
 
 
-def scaled(m: Measurement, scale: float) -> Measurement:
-    """``m`` with its times divided by ``scale`` (a board's speed relative to its pool's reference)."""
-    if scale == 1.0:
-        return dataclasses.replace(m, board_scale=1.0)
-    lat = m.latency
-    latency = LatencyStats(
-        median_ms=lat.median_ms / scale, p10_ms=lat.p10_ms / scale, p90_ms=lat.p90_ms / scale,
-        mean_ms=lat.mean_ms / scale, std_ms=lat.std_ms / scale, cv=lat.cv, n=lat.n, min_ms=lat.min_ms / scale,
-        max_ms=lat.max_ms / scale, robust_cv=lat.robust_cv,
-    )
-    return dataclasses.replace(m, latency=latency, per_node_us={k: v / scale for k, v in m.per_node_us.items()},
-                               board_scale=scale)
-
-
 class DevicePool:
     """Boards of one target measuring at once (see the module's docstring for the rules).
 
@@ -802,15 +790,20 @@ class DevicePool:
 
         return self._on_board(work, primary=True)
 
-    def submit(self, model: Path, target: Target, *, cache: MeasurementCache | None = None) -> Future[Measurement]:
-        """Measure ``model`` on the first free board, in the background (the search's candidates)."""
+    def submit(self, model: Path, target: Target, *, cache: MeasurementCache | None = None,
+               reader: Reader | None = None) -> Future[Measurement]:
+        """Measure ``model`` on the first free board, in the background (the search's candidates).
+        With ``reader`` (a search's: :class:`~hwcompress.judge.Reader`) the board reads it that way,
+        its drift taken from its own window of baseline profiles (the cache is not used)."""
         from hwcompress.profiling.measure import measure
 
         def work(b: Board) -> Measurement:
+            if reader is not None:
+                return reader.read(model, runner=BoardRunner(b), target=b.target_for(target))
             return scaled(measure(model, b.target_for(target), cache=cache, runner=BoardRunner(b)), b.scale)
 
         def job() -> Measurement:
-            hit = self._cached(model, target, cache, False)
+            hit = None if reader is not None else self._cached(model, target, cache, False)
             return hit if hit is not None else self._on_board(work, primary=False)
 
         return self._jobs.submit(job)

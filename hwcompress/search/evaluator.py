@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hwcompress.data import DataSplits, Split
+    from hwcompress.judge import Reader
     from hwcompress.profiling.cache import MeasurementCache
     from hwcompress.recovery import Recovery
 
@@ -121,6 +122,7 @@ class EvalContext:
     cache: MeasurementCache | None
     workdir: Path
     log: SearchLog
+    reader: Reader | None = None  # how a candidate is read on the target (None: one measure(), cached)
     score_mode: str = "accuracy"  # accuracy | label-free
     val_limit: int = 2000
     bn_batches: int = BN_BATCHES
@@ -197,6 +199,7 @@ class OtherTarget:
     cache: MeasurementCache | None
     workdir: Path
     calib_x: np.ndarray | None = None
+    reader: Reader | None = None  # that target's search's (None: one measure(), cached)
 
     def precision(self, wanted: str) -> str:
         """The candidate's precision where this target offers it, else fp32."""
@@ -307,6 +310,8 @@ class _Batched(abc.ABC):
     def _measure(self, path: Path) -> Measurement:
         from hwcompress.profiling.measure import measure
 
+        if self.ctx.reader is not None:
+            return self.ctx.reader.read(path)
         return measure(path, self.ctx.target, cache=self.ctx.cache)
 
     def _measure_others(self, job: Job) -> None:  # noqa: B027  (a no-op unless a stage measures other targets)
@@ -507,7 +512,8 @@ class PruneEvaluator(_Batched):
 
         for o in self.others:
             path, _ = job.others[o.target.name]
-            job.others[o.target.name] = (path, measure(path, o.target, cache=o.cache))
+            m = o.reader.read(path) if o.reader is not None else measure(path, o.target, cache=o.cache)
+            job.others[o.target.name] = (path, m)
 
     def _score(self, job: Job) -> float:
         return self.score(job.model)

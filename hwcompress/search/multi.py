@@ -128,7 +128,8 @@ class MultiSearch:
         for sub in self.subs:  # one pruned model serves every target: counts on every target's multiple
             sub.target = dataclasses.replace(sub.target, channel_multiple=multiple)
             sub.ctx.target = sub.target
-        lead.others = [OtherTarget(s.target, s.budget.aim_ms, s.cache, s.workdir, s.splits.calib.x) for s in others]
+        lead.others = [OtherTarget(s.target, s.budget.aim_ms, s.cache, s.workdir, s.splits.calib.x, s.reader)
+                       for s in others]
         results: dict[str, SearchResult] = {}
         misses: dict[str, str] = {}
         if "prune" not in self.cfg.stages:  # no stage 1 to share: each target searches its precisions alone

@@ -83,7 +83,7 @@ def submitter(s: Search) -> Callable[[Path], Future[Measurement]]:
     """Hands a candidate's file to the search's pool (any free board)."""
     pool = s.pool
     assert pool is not None
-    return lambda path: pool.submit(path, s.target, cache=s.cache)
+    return lambda path: pool.submit(path, s.target, cache=s.cache, reader=s.reader)
 
 
 def stage_env(s: Search, make: Callable[[], E], evaluator: _Batched) -> tuple[E, gym.Env[Any, Any] | VecEnv]:

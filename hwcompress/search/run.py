@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import numpy as np
 
 from hwcompress.errors import BudgetError, ProfilerError, RemoteError, UsageError
 from hwcompress.fsutil import atomic_write_text
-from hwcompress.judge import Verdict, judge
+from hwcompress.judge import Reader, Verdict, judge, measure_rounds, round_target
 from hwcompress.records import Candidate, CompressionPolicy, Manifest, Measurement
 from hwcompress.search.agents import AGENTS, AgentConfig
 from hwcompress.search.budget import parse_budget
@@ -194,7 +195,7 @@ class SearchResult:
         return bool(self.final.get("met", True))
 
 
-BASELINE_ROUNDS = 3  # fresh profiles of the baseline; the fastest round's median is the search's scale
+BASELINE_ROUNDS = 7  # fresh profiles of the baseline; their median is the search's scale
 PICK_TRIES = 3  # a stage's best-ranked candidates judged before its best is projected onto the region
 PROJECTIONS = 2  # projections of stage 1's best, each judged
 
@@ -335,9 +336,10 @@ class Search:
         self.base_ms = self.base_measurement.latency.median_ms
         self.base_macs, self.base_params = count_macs(self.base.model, self.shape)
         self.budget = self._budget()
+        self.reader = Reader(self.target, self.base_file if self.budget.relative else None, self.base_ms)
         self.ctx = EvalContext(
             target=self.target, input_shape=self.shape, splits=self.splits, cache=self.cache, workdir=self.workdir,
-            log=self.log, score_mode=cfg.score, val_limit=cfg.val_limit, penalty=cfg.penalty,
+            log=self.log, reader=self.reader, score_mode=cfg.score, val_limit=cfg.val_limit, penalty=cfg.penalty,
             size_budget=self.budget.size_bytes, memory_budget=self.budget.memory_bytes,
             recovery=make_recovery(self.base.model, self.splits.train, cfg.recovery_steps, seed=cfg.seed,
                                    labels=cfg.score == "accuracy") if cfg.recovery_steps > 0 else None,
@@ -349,19 +351,23 @@ class Search:
         )
 
     def _baseline_measurement(self) -> Measurement:
-        """The baseline's measurement, the scale of the search's readings: the fastest of
-        ``BASELINE_ROUNDS`` fresh profiles (one can land in a slow spell of a shared machine), kept
-        in ``baseline.json`` so that a resumed search holds the same scale.  Budgets are *judged*
-        as ratios to the baseline profiled beside the model (:mod:`hwcompress.judge`), not on it."""
+        """The baseline's measurement, the scale of the search's readings: the median of
+        ``BASELINE_ROUNDS`` fresh profiles (the judge's settings), with per-node times from one
+        profile more where the runtime gives them; kept in ``baseline.json`` so that a resumed search
+        holds the same scale (a candidate's reading is its ratio to the baseline beside it times this:
+        :class:`Reader`)."""
         from hwcompress.profiling.measure import measure
 
         saved = self.run_dir / "baseline.json"
         if self.resume and saved.is_file():
             return Measurement.from_dict(json.loads(saved.read_text()))
-        rounds = [measure(self.base_file, self.target, cache=self.cache, per_node=self.per_node, force=r > 0)
-                  for r in range(BASELINE_ROUNDS)]
-        log.info("baseline medians per round: %s ms", ", ".join(f"{m.latency.median_ms:.3f}" for m in rounds))
-        best = min(rounds, key=lambda m: m.latency.median_ms)
+        rounds, _ = measure_rounds(self.base_file, round_target(self.target), BASELINE_ROUNDS)
+        medians = [m.latency.median_ms for m in rounds]
+        log.info("baseline medians per round: %s ms", ", ".join(f"{v:.3f}" for v in medians))
+        best = rounds[medians.index(statistics.median_low(medians))]
+        if self.per_node:
+            nodes = measure(self.base_file, self.target, cache=self.cache, per_node=True).per_node_us
+            best = dataclasses.replace(best, per_node_us=nodes)
         atomic_write_text(saved, json.dumps(best.to_dict(), indent=2))
         return best
 

@@ -140,11 +140,10 @@ def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: li
     """Refuse (exit 3) before the episodes when even the most pruned model misses the budgets.
 
     The floor (every group at its smallest choice) is built in each precision the region may build
-    and profiled twice; its fastest reading over the latency budget by more than ``REACH_MARGIN``,
+    and read as candidates are; its fastest reading over the latency budget by more than ``REACH_MARGIN``,
     or its file over the size budget at the smallest precision the target offers, ends the search
     unless ``allow_over_budget``.
     """
-    from hwcompress.profiling.measure import measure
     from hwcompress.search.run import _over
 
     cfg, b = s.cfg, s.budget
@@ -154,8 +153,7 @@ def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: li
     readings = {}
     for prec in region.precisions:
         path = evaluator.measured_file(model, s.workdir / f"floor-{prec}-{floor.digest()}", prec)
-        readings[prec] = min((measure(path, s.target, cache=s.cache, force=r > 0) for r in range(2)),
-                             key=lambda m: m.latency.median_ms)
+        readings[prec] = s.reader.read(path)
     keep = evaluator.keep_vector(floor)
     for prec, m in readings.items():  # the floor is a measured candidate too: the region's fit gets its far end
         region.observe(keep, m.latency.median_ms, prec)
@@ -358,7 +356,8 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         ))
     measured = cfg.quant_cost == "measured"
     evaluator = QuantEvaluator(
-        s.ctx, fp32, model=model, cost=cfg.quant_cost, budget_ms=s.budget.aim_ms, latency_ref=ref.latency.median_ms,
+        s.ctx, fp32, model=model, cost=cfg.quant_cost, budget_ms=s.budget.aim_ms,
+        latency_ref=s.reader.read(fp32_file).latency.median_ms,
         layer_macs={q.name: macs.get(q.module, 0) for q in qlayers}, speed_weight=cfg.speed_weight,
         base_keep=keep, calib_x=s.splits.calib.x,
         on_candidate=lambda c, w: s.reporter.candidate("quant", c.episode, c, evaluator.state.best, w),

@@ -145,7 +145,7 @@ def test_resume_after_sigkill(search_inputs: dict[str, Path], tmp_path: Path) ->
     assert after[: len(before)] == before
     episodes = [ln["episode"] for ln in prune]
     # 7 agent episodes, then at most the projections of the winner pick (numbered on from the agent's)
-    from hwcompress.search.run import PROJECTIONS
+    from hwcompress.search.pick import PROJECTIONS
 
     assert max(episodes) <= 7 + PROJECTIONS and episodes == sorted(episodes)
     assert (tmp_path / "kill-artifact" / "manifest.json").is_file()

@@ -1,13 +1,16 @@
-"""The search's own records: the budget fixed once, stage reports that round-trip and refuse unknown keys."""
+"""The search's own records (the budget fixed once, stage reports that round-trip and refuse unknown keys)
+and how a stage's winner is picked by the judge (scripted verdicts)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from hwcompress.errors import UsageError
-from hwcompress.judge import decide
-from hwcompress.records import CompressionPolicy, RecordError
-from hwcompress.search.run import ranked
+from hwcompress.judge import Verdict, decide
+from hwcompress.records import Candidate, CompressionPolicy, RecordError
+from hwcompress.search.pick import pick, ranked
 from hwcompress.search.state import Budget, Judged, Stage1Report
 
 
@@ -45,18 +48,82 @@ def test_stage_report_round_trips_and_refuses_unknown_keys() -> None:
         Stage1Report.from_dict(bad)
 
 
+def cand(name: str, ms: float, reward: float, error: str = "") -> Candidate:
+    """A measured candidate (``name`` makes its policy) read at ``ms``."""
+    from hwcompress.records import LatencyStats, Measurement, MeasureSettings
+
+    lat = LatencyStats(median_ms=ms, p10_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, cv=0.0, n=10)
+    m = Measurement(target="x86-cpu", model_sha256="ab" * 32, latency=lat, peak_memory_bytes=1, model_bytes=1,
+                    load_ms=1.0, runtime="onnxruntime", runtime_version="1", device="cpu",
+                    settings=MeasureSettings(), threads=1, timestamp="2026-12-04T00:00:00Z", profiler_version="1")
+    return Candidate(policy=CompressionPolicy(keep={name: 0.5}), stage="prune", accuracy=reward, macs=1, params=1,
+                     reward=reward, seconds=0.0, measurement=None if error else m, error=error)
+
+
+def verdict(ratio: float, limit: float = 0.5) -> Verdict:
+    return Verdict(ratio=ratio, ci_low=ratio * 0.95, ci_high=ratio * 1.05, limit=limit, within=ratio <= limit,
+                   decided=True, model_ms=(ratio,), reference_ms=(1.0,))
+
+
 def test_candidates_are_judged_within_first_by_reward_then_the_fastest() -> None:
-    from hwcompress.records import Candidate, LatencyStats, Measurement, MeasureSettings
-
-    def cand(name: str, ms: float, reward: float, error: str = "") -> Candidate:
-        lat = LatencyStats(median_ms=ms, p10_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, cv=0.0, n=10)
-        m = Measurement(target="x86-cpu", model_sha256="ab" * 32, latency=lat, peak_memory_bytes=1, model_bytes=1,
-                        load_ms=1.0, runtime="onnxruntime", runtime_version="1", device="cpu",
-                        settings=MeasureSettings(), threads=1, timestamp="2026-12-04T00:00:00Z", profiler_version="1")
-        return Candidate(policy=CompressionPolicy(keep={name: 0.5}), stage="prune", accuracy=reward, macs=1, params=1,
-                         reward=reward, seconds=0.0, measurement=None if error else m, error=error)
-
     cands = [cand("a", 0.9, 0.8), cand("b", 0.5, 0.7), cand("c", 0.45, 0.75), cand("d", 1.2, 0.1),
              cand("e", 0.1, 0.99, error="failed")]
     order = [c.policy.keep for c in ranked(cands, 0.5)]
     assert order == [{"c": 0.5}, {"b": 0.5}, {"a": 0.5}, {"d": 0.5}]
+
+
+def _judge(ratios: dict[str, float], limit: float = 0.5) -> tuple[list[str], Any]:
+    """A scripted judge: the true ratio of each candidate (by its policy's name); the calls it got."""
+    calls: list[str] = []
+
+    def judge(c: Candidate) -> Verdict:
+        name = next(iter(c.policy.keep))
+        calls.append(name)
+        return verdict(ratios[name], limit)
+
+    return calls, judge
+
+
+def test_pick_takes_the_best_rewarded_candidate_the_judge_finds_within() -> None:
+    cands = [cand("a", 0.48, 0.9), cand("b", 0.40, 0.8), cand("c", 0.7, 0.99)]
+    calls, judge = _judge({"a": 0.49, "b": 0.41, "c": 0.7})
+    best, judged = pick(cands, judge, aim_ms=0.5, scale_ms=1.0)
+    assert best is cands[0] and calls == ["a"] and [j.how for j in judged] == ["ranked"]
+
+
+def test_each_verdict_calibrates_the_readings_the_next_try_is_ranked_on() -> None:
+    # read on a scale 20 % low: "a" (read 0.48) is judged 0.576; "b" read 0.45 is then 0.54 by the
+    # correction, over the aim, so the next try is "c" (read 0.40 -> 0.48), the one the judge finds within
+    cands = [cand("a", 0.48, 0.9), cand("b", 0.45, 0.85), cand("c", 0.40, 0.8)]
+    calls, judge = _judge({"a": 0.576, "b": 0.54, "c": 0.48})
+    best, judged = pick(cands, judge, aim_ms=0.5, scale_ms=1.0)
+    assert calls == ["a", "c"] and best is cands[2]
+    assert [j.verdict.within for j in judged] == [False, True] and judged[0].reading_ms == 0.48
+    # without calibration (the ranking of the readings alone), "b" would have been judged second
+    assert [c.policy.keep for c in ranked(cands, 0.5)][1] == {"b": 0.5}
+
+
+def test_pick_projects_then_falls_back_on_the_earlier_stage_then_the_fastest() -> None:
+    cands = [cand("a", 0.48, 0.9)]
+    projected = cand("p", 0.45, 0.85)
+    calls, judge = _judge({"a": 0.6, "p": 0.55, "s": 0.45})
+    seen: list[tuple[str, str]] = []
+    best, judged = pick(cands, judge, aim_ms=0.5, scale_ms=1.0, project=lambda c, v: projected,
+                        settled=(cand("s", 0.44, 0.8), verdict(0.45)), on_verdict=lambda c, how, v: seen.append(
+                            (next(iter(c.policy.keep)), how)))
+    # the projection is judged once (projecting it again gives the same policy), then stage 1's model stays
+    assert calls == ["a", "p"] and best is not None and best.policy.keep == {"s": 0.5}
+    assert [j.how for j in judged] == ["ranked", "projected", "earlier stage"]
+    assert seen == [("a", "ranked"), ("p", "projected"), ("s", "earlier stage")]
+    best, judged = pick(cands, judge, aim_ms=0.5, scale_ms=1.0)  # nothing to fall back on: the fastest judged
+    assert best is cands[0] and not judged[-1].verdict.within
+    assert pick([], judge, aim_ms=0.5, scale_ms=1.0) == (None, [])
+
+
+def test_a_relative_verdict_is_put_on_the_readings_scale() -> None:
+    # readings in ms on a 2 ms baseline, verdicts as ratios at a 0.25x aim (0.5 ms): "a" read 0.5 ms is
+    # judged 0.3 (0.6 ms): k = 1.2, so "b" (read 0.45 -> 0.54 ms) is passed over for "c" (0.38 -> 0.456 ms)
+    cands = [cand("a", 0.5, 0.9), cand("b", 0.45, 0.85), cand("c", 0.38, 0.8)]
+    calls, judge = _judge({"a": 0.3, "b": 0.27, "c": 0.23}, limit=0.25)
+    best, _ = pick(cands, judge, aim_ms=0.5, scale_ms=2.0)
+    assert calls == ["a", "c"] and best is cands[2]

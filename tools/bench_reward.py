@@ -14,7 +14,8 @@ sizes that any signal ranks), and for each:
   ``--finetune-epochs``).
 
 Prints, per signal, Spearman against ``finetuned`` and the seconds it costs per candidate; goal
-Spearman >= 0.8.  Rows are saved one by one under ``--work`` (a stopped run resumes).
+Spearman >= 0.8.  Rows are saved one by one under ``--work`` (a stopped run resumes; a run with other
+``--steps`` or ``--val-images`` scores the signals again and keeps the saved fine-tunes).
 
     .venv/bin/python tools/bench_reward.py [--model resnet-20] [--candidates 20] [--steps 50,100,200]
         [--macs 0.35] [--finetune-epochs 1] [--json out.json]
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--train-images", type=int, default=None,
                    help="fine-tune on the first N training images only (cheaper; default: all, as a search does)")
-    p.add_argument("--val-images", type=int, default=2000)
+    p.add_argument("--val-images", type=int, default=2000, help="validation images each signal is scored on "
+                   "(the search's --val-limit; the split holds 5000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", default="x86-cpu", help="its channel multiple is used")
     p.add_argument("--work", type=Path, default=ROOT / "out" / "bench-reward")
@@ -115,15 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for i, keep in enumerate(pols):
         row_file = work / f"cand-{i:02d}.json"
-        if row_file.is_file():
-            row = json.loads(row_file.read_text())
-            if (row.get("keep"), row.get("steps"), row.get("epochs"), row.get("train_images")) == (
-                    keep, steps, args.finetune_epochs, args.train_images):
-                rows.append(row)
-                continue
         policy = CompressionPolicy(keep=keep)
         row = {"keep": keep, "steps": steps, "epochs": args.finetune_epochs, "train_images": args.train_images,
-               "scores": {}, "seconds": {}}
+               "val_images": len(val), "scores": {}, "seconds": {}}
+        if row_file.is_file():
+            saved = json.loads(row_file.read_text())
+            same = all(saved.get(k) == row[k] for k in ("keep", "epochs", "train_images"))
+            if same and saved.get("steps") == steps and saved.get("val_images", 2000) == len(val):
+                rows.append(saved)
+                continue
+            if same:  # the fine-tune is the same: only the signals are scored again (other steps, more images)
+                row["finetuned"], row["seconds"]["finetuned"] = saved["finetuned"], saved["seconds"]["finetuned"]
 
         def pruned(policy: CompressionPolicy = policy) -> Any:
             m = apply_policy(teacher, policy, shape, channel_multiple=target.channel_multiple)
@@ -141,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             recover(m, recs[n])
             row["scores"][f"recovery-{n}"] = accuracy(m, val, threads=1)
             row["seconds"][f"recovery-{n}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        m = pruned()
-        res = finetune(m, teacher, splits, epochs=args.finetune_epochs, seed=args.seed, progress=False, test=True,
-                       train_limit=args.train_images)
-        row["finetuned"] = res.test_accuracy
-        row["seconds"]["finetuned"] = time.perf_counter() - t0
+        if "finetuned" not in row:
+            t0 = time.perf_counter()
+            m = pruned()
+            res = finetune(m, teacher, splits, epochs=args.finetune_epochs, seed=args.seed, progress=False, test=True,
+                           train_limit=args.train_images)
+            row["finetuned"] = res.test_accuracy
+            row["seconds"]["finetuned"] = time.perf_counter() - t0
         from hwcompress.fsutil import atomic_write_text
 
         atomic_write_text(row_file, json.dumps(row, indent=2))
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({row['seconds']['finetuned']:.0f} s)", flush=True)
     final = [r["finetuned"] for r in rows]
     signals = list(rows[0]["scores"])
-    result: dict[str, Any] = {"model": args.model, "candidates": len(rows), "macs_ratio": args.macs,
+    result: dict[str, Any] = {"model": args.model, "candidates": len(rows), "macs_ratio": args.macs, "val_images": len(val),
                               "finetune_epochs": args.finetune_epochs, "seed": args.seed, "signals": {}}
     print(f"\n{args.model}, {len(rows)} candidates at {args.macs:g}x MACs, fine-tune {args.finetune_epochs} epoch(s): "
           f"fine-tuned test accuracy {min(final) * 100:.2f}-{max(final) * 100:.2f}%")

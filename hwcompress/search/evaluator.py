@@ -348,13 +348,14 @@ class _Batched(abc.ABC):
 
         with torch_threads(1):
             batch: set[str] = set()
-            jobs = [self._begin(p, batch) for p in policies]
+            jobs: list[Job] = []
             futures: dict[str, Future[Measurement]] = {}
-            if self.cost == "measured":
-                for job in jobs:
-                    if job.ready:
-                        assert job.path is not None
-                        futures[job.key] = submit(job.path)
+            for p in policies:  # each candidate goes to a board as soon as it is built: the next one is
+                job = self._begin(p, batch)  # built while the boards measure
+                jobs.append(job)
+                if self.cost == "measured" and job.ready:
+                    assert job.path is not None
+                    futures[job.key] = submit(job.path)
             for job in jobs:  # the host scores while the boards measure
                 if job.ready:
                     try:

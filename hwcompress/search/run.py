@@ -38,9 +38,11 @@ from hwcompress.errors import BudgetError, ProfilerError, RemoteError, UsageErro
 from hwcompress.fsutil import atomic_write_text
 from hwcompress.judge import Reader, Verdict, judge, measure_rounds, round_target
 from hwcompress.records import Candidate, CompressionPolicy, Manifest, Measurement
-from hwcompress.search.agents import AGENTS, AgentConfig
+from hwcompress.search.agents import AgentConfig
 from hwcompress.search.budget import parse_budget
+from hwcompress.search.config import SearchConfig
 from hwcompress.search.evaluator import EvalContext, SearchLog
+from hwcompress.search.pick import pick, reading_ms
 from hwcompress.search.state import Budget, Judged, Stage1Report, Stage2Report
 
 if TYPE_CHECKING:
@@ -52,105 +54,6 @@ if TYPE_CHECKING:
     from hwcompress.search.evaluator import OtherTarget
 
 log = logging.getLogger(__name__)
-
-STAGES = ("prune", "quant")
-COSTS_PRUNE = ("measured", "flops")
-COSTS_QUANT = ("measured", "bitops")
-#: Distillation steps each stage-1 candidate gets before it is scored (:mod:`hwcompress.recovery`;
-#: ``tools/bench_reward.py`` measured how well the signal predicts the accuracy after fine-tuning).
-RECOVERY_STEPS = 100
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Settings of one search (saved to ``RUN_DIR/config.json``)."""
-
-    model: str = "vgg-small"
-    checkpoint: str | None = None
-    data: str | None = None
-    target: str = "x86-cpu"
-    connection: dict[str, Any] = field(default_factory=dict)
-    latency_budget: str = "0.5x"
-    size_budget: str | None = None
-    memory_budget: str | None = None
-    stages: tuple[str, ...] = STAGES
-    prune_episodes: int = 60
-    quant_episodes: int = 30
-    time_budget_s: float | None = None
-    agent: str = "ddpg"
-    warmup_episodes: int = 10
-    seed: int = 0
-    score: str = "accuracy"
-    prune_cost: str = "measured"
-    quant_cost: str = "measured"
-    finetune_epochs: int = 1
-    recovery_steps: int = RECOVERY_STEPS  # distillation steps before a stage-1 candidate is scored (0: none)
-    val_limit: int = 2000
-    test_limit: int | None = None
-    lower_bound: float = 0.2
-    speed_weight: float = 0.05
-    penalty: float = 2.0
-    wall: bool = True
-    guard: float = 0.02  # candidates must meet the latency budget with this relative margin
-    out: str = "out/search"
-    force: bool = False
-    # A pool of boards of the target (docs/pool.md): each board's connection fields; () = the target's one device
-    boards: tuple[dict[str, Any], ...] = ()
-    ray_address: str | None = None  # join this Ray cluster (None: a local instance, started for a pool only)
-    board_wait_s: float = 60.0  # with every board down, wait this long for one to come back before stopping
-    targets: tuple[str, ...] = ()  # one search for several targets (search/multi.py); () = just `target`
-
-    def validate(self) -> None:
-        bad = [s for s in self.stages if s not in STAGES]
-        if bad or not self.stages:
-            raise UsageError(f"--stages {','.join(self.stages)}: choose prune, quant or prune,quant")
-        if self.agent not in AGENTS:
-            raise UsageError(f"--agent {self.agent}: choose one of {', '.join(AGENTS)}")
-        if self.prune_cost not in COSTS_PRUNE:
-            raise UsageError(f"--cost {self.prune_cost}: stage 1 cost is measured or flops")
-        if self.quant_cost not in COSTS_QUANT:
-            raise UsageError(f"--cost {self.quant_cost}: stage 2 cost is measured or bitops")
-        if self.score not in ("accuracy", "label-free"):
-            raise UsageError(f"--reward {self.score}: choose accuracy or label-free")
-        if self.prune_episodes < 1 or self.quant_episodes < 1:
-            raise UsageError("--episodes must be at least 1")
-        if not 0.05 <= self.lower_bound <= 1.0:
-            raise UsageError("--lower-bound must be in [0.05, 1]")
-        if not 0.0 <= self.guard < 0.5:
-            raise UsageError("--guard must be in [0, 0.5)")
-        if self.finetune_epochs < 0:
-            raise UsageError("--finetune-epochs must be >= 0")
-        if not 0 <= self.recovery_steps <= 5000:
-            raise UsageError(f"--recovery-steps {self.recovery_steps}: give 0 (score right after pruning) to 5000")
-        parse_budget(self.latency_budget, "--latency-budget")
-        if self.size_budget:
-            parse_budget(self.size_budget, "--size-budget", unit="b")
-        if self.memory_budget:
-            parse_budget(self.memory_budget, "--memory-budget", unit="b")
-        from hwcompress.search.pooled import check_devices
-
-        check_devices(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["stages"] = list(self.stages)
-        d["boards"] = [dict(b) for b in self.boards]
-        d["targets"] = list(self.targets)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
-        d = dict(d)
-        d["stages"] = tuple(d.get("stages", STAGES))
-        d["boards"] = tuple(dict(b) for b in d.get("boards", ()))
-        d["targets"] = tuple(d.get("targets", ()))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UsageError(f"search config: unknown key(s) {', '.join(unknown)} (written by another hwcompress "
-                             f"version?); known keys are {', '.join(sorted(known))}")
-        return cls(**d)
-
 
 class Reporter(Protocol):
     """What a front end (the CLI's progress bars) is told; the library never prints."""
@@ -171,7 +74,6 @@ class NullReporter:
 
     def message(self, text: str) -> None:
         log.info("%s", text)
-
 
 
 @dataclass(frozen=True)
@@ -196,29 +98,10 @@ class SearchResult:
 
 
 BASELINE_ROUNDS = 7  # fresh profiles of the baseline; their median is the search's scale
-PICK_TRIES = 3  # a stage's best-ranked candidates judged before its best is projected onto the region
-PROJECTIONS = 2  # projections of stage 1's best, each judged
-
-
-def _ms(cand: Candidate) -> float:
-    """A candidate's measured median latency (inf when it has none)."""
-    if cand.error or cand.measurement is None:
-        return float("inf")
-    return cand.measurement.latency.median_ms
-
-
 def _over(value: float, budget: float) -> str:
     """How far ``value`` is over ``budget``: ``22%`` or ``41x``."""
     r = value / budget if budget > 0 else float("inf")
     return f"{(r - 1) * 100:.0f}%" if r < 3 else f"{r:.0f}x"
-
-
-def ranked(cands: Sequence[Candidate], within_ms: float) -> list[Candidate]:
-    """Measured candidates in the order they are judged: those whose reading is within ``within_ms``
-    by reward (best first), then the others by reading (fastest first)."""
-    ok = [c for c in cands if _ms(c) < float("inf")]
-    inside = sorted((c for c in ok if _ms(c) <= within_ms), key=lambda c: -c.reward)
-    return inside + sorted((c for c in ok if _ms(c) > within_ms), key=_ms)
 
 
 # --------------------------------------------------------------------------- the search
@@ -401,42 +284,18 @@ class Search:
         project: Callable[[Candidate, Verdict], Candidate | None] | None = None,
         settled: tuple[Candidate, Verdict] | None = None,
     ) -> tuple[Candidate | None, list[Judged]]:
-        """A stage's winner: the best-ranked candidate (:func:`ranked`) the judge finds within the
-        budget's ``aim``, trying ``PICK_TRIES``; else ``project`` moves the first one onto the
-        predictor's region (keeping its shape) and the projection is judged, up to ``PROJECTIONS``
-        times; else ``settled`` (this stage's copy of the model stage 1's judge found within: a later
-        stage never ends worse).  None within: the fastest judged (the final verdict says it is over)."""
-        order = ranked(cands, self.budget.aim_ms)
-        judged: list[tuple[Candidate, Judged]] = []
+        """A stage's winner among ``cands``, by the judge at the budget's aim: :func:`pick`."""
+        where = "beside the baseline" if self.budget.relative else "on fresh profiles"
 
-        def one(c: Candidate, how: str) -> Verdict:
-            v = self.judge(file_of(c), self.budget.aim)
-            judged.append((c, Judged(policy=c.policy.digest(), how=how, reading_ms=_ms(c), verdict=v)))
-            where = "beside the baseline" if self.budget.relative else "on fresh profiles"
-            self.reporter.message(f"{stage}: {how} candidate ({_ms(c):.3f} ms in the search, score "
-                                  f"{c.accuracy * 100:.1f}%) judged {where}: {v.describe()}")
-            return v
+        def judged(c: Candidate, how: str, v: Verdict) -> None:
+            if how == "earlier stage":
+                self.reporter.message(f"{stage}: none judged within; stage 1's winner stays ({v.describe()})")
+            else:
+                self.reporter.message(f"{stage}: {how} candidate ({reading_ms(c):.3f} ms in the search, score "
+                                      f"{c.accuracy * 100:.1f}%) judged {where}: {v.describe()}")
 
-        for c in order[:PICK_TRIES]:
-            if one(c, "ranked").within:
-                return c, [j for _, j in judged]
-        if project is not None and judged:
-            c, j = judged[0]
-            for _ in range(PROJECTIONS):
-                p = project(c, j.verdict)
-                if p is None or p.policy.digest() in {x.policy for _, x in judged}:
-                    break
-                if one(p, "projected").within:
-                    return p, [x for _, x in judged]
-                c, j = judged[-1]
-        if settled is not None and settled[1].within:
-            c, v = settled
-            self.reporter.message(f"{stage}: none judged within; stage 1's winner stays ({v.describe()})")
-            return c, [*(j for _, j in judged), Judged(c.policy.digest(), "earlier stage", _ms(c), v)]
-        if not judged:
-            return (order[0] if order else None), []
-        best = min(judged, key=lambda t: t[1].verdict.ratio)[0]
-        return best, [j for _, j in judged]
+        return pick(cands, lambda c: self.judge(file_of(c), self.budget.aim), self.budget.aim_ms,
+                    self.base_ms if self.budget.relative else 1.0, project=project, settled=settled, on_verdict=judged)
 
     def candidate_file(self, cand: Candidate) -> Path:
         """The file a candidate was measured as (``candidates/<stage>-<digest>``)."""

@@ -2,8 +2,11 @@
 """Candidates per minute with 1 vs 2 boards, and what Ray costs (issue 23).
 
 Two loopback sshd "boards" (tests/sshd.py) play a board farm on this machine, with this
-interpreter as the remote Python.  The target is ONNX Runtime over SSH whose measurement settings
-make every profile take at least ``--min-seconds`` (1 s by default), so that device time dominates.
+interpreter as the remote Python.  The target is ONNX Runtime over SSH.  A search reads each candidate
+as the judge does (:class:`hwcompress.judge.Reader`: 3 ABBA pairs beside the baseline, 6 fresh
+profiles of the judge's short settings, ~2.5 s per candidate here), so device time dominates the
+host's work; the target's own settings, which make every other profile (the boards' calibration,
+the latency table) take at least ``--min-seconds`` (1 s by default), apply to those.
 
 1. The same search work twice, through the CLI: ``hwcompress search --stages prune`` with
    ``--episodes N`` random (warm-up) episodes of ResNet-20 on a small Fashion-MNIST set, once on one
@@ -193,8 +196,8 @@ def main() -> None:
     lines = [
         f"machine: {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}, Python "
         f"{platform.python_version()}; boards: 2 loopback sshd on this machine (they share its cores with the "
-        f"host's work); target: ONNX Runtime over SSH, 1 thread, every profile >= {args.min_seconds:g} s timed "
-        "(one round)",
+        f"host's work); target: ONNX Runtime over SSH, 1 thread; each candidate read as the judge reads it "
+        f"(3 pairs beside the baseline: 6 fresh profiles), other profiles >= {args.min_seconds:g} s timed",
         f"search work: `hwcompress search --stages prune --episodes {args.episodes} --warmup {args.episodes} "
         "--recovery-steps 0 --latency-budget 0.8x` "
         "(random episodes), ResNet-20, 200 validation images per candidate, each run with its own cache",

@@ -22,6 +22,7 @@ from rich.table import Table
 from hwcompress import __version__
 from hwcompress.cli_check import register as register_check_commands
 from hwcompress.errors import HwcompressError, UsageError
+from hwcompress.search.config import VAL_IMAGES
 
 app = typer.Typer(
     name="hwcompress",
@@ -355,7 +356,7 @@ def demo(
         target=[target], model=model, checkpoint=None, data=data, latency_budget="0.5x", size_budget=None,
         memory_budget=None, stages="prune,quant", episodes=episodes, quant_episodes=quant_episodes, warmup=10,
         time_budget=None, agent="ddpg", reward="accuracy", cost="measured", finetune_epochs=1,
-        recovery_steps=recovery_steps, val_limit=2000,
+        recovery_steps=recovery_steps, val_limit=VAL_IMAGES,
         test_limit=None, seed=0, out_dir=out_dir, run_dir=Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"),
         resume=None, force=True, cache=cache, host=None, port=None, user=None, key=None, remote_python=None,
         known_hosts=None, trust_new_host=False,
@@ -539,7 +540,7 @@ def search(
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Distillation epochs after stage 1")] = 1,
     recovery_steps: Annotated[int, typer.Option(
         "--recovery-steps", help="Distillation steps each stage-1 candidate gets before it is scored (0: none)")] = 100,
-    val_limit: Annotated[int, typer.Option("--val-images", help="Validation images per candidate")] = 2000,
+    val_limit: Annotated[int, typer.Option("--val-images", help="Validation images per candidate")] = VAL_IMAGES,
     test_limit: Annotated[int | None, typer.Option("--test-images", help="Test images for the final figures (default: all)")] = None,
     guard: Annotated[float, typer.Option("--guard", help="Candidates must meet the latency budget by this margin (0.02 = 2%)")] = 0.02,
     seed: Annotated[int, typer.Option(help="Seed")] = 0,

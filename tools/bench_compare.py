@@ -79,6 +79,7 @@ from typing import Any
 
 from hwcompress.fsutil import atomic_write_bytes, atomic_write_text
 from hwcompress.judge import MAX_PAIRS
+from hwcompress.search.config import VAL_IMAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -1200,7 +1201,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--finetune-epochs", type=int, default=None,
                     help=f"distillation epochs of every trained method (default {DEFAULT_FINETUNE_EPOCHS}; --quick: 1)")
-    ap.add_argument("--val-images", type=int, default=2000)
+    ap.add_argument("--val-images", type=int, default=VAL_IMAGES, help="validation images per candidate (the search's default)")
     ap.add_argument("--test-images", type=int, default=None)
     from hwcompress.baselines import NETADAPT_MEASUREMENTS
 

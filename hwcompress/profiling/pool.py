@@ -793,8 +793,8 @@ class DevicePool:
     def submit(self, model: Path, target: Target, *, cache: MeasurementCache | None = None,
                reader: Reader | None = None) -> Future[Measurement]:
         """Measure ``model`` on the first free board, in the background (the search's candidates).
-        With ``reader`` (a search's: :class:`~hwcompress.judge.Reader`) the board reads it that way,
-        its drift taken from its own window of baseline profiles (the cache is not used)."""
+        With ``reader`` (a search's: :class:`~hwcompress.judge.Reader`) the board reads it that way: in
+        pairs beside the baseline, on that board (the cache is not used)."""
         from hwcompress.profiling.measure import measure
 
         def work(b: Board) -> Measurement:

@@ -239,7 +239,7 @@ class Reader:
 
     def read(self, model: Path, *, runner: Runner | None = None, target: Target | None = None) -> Measurement:
         """``model``'s reading; ``runner`` / ``target``: a pool board's (default: the search's target)."""
-        from hwcompress.profiling.measure import scaled
+        from hwcompress.profiling.measure import relative_spread, scaled
 
         with self._lock:  # a pool's boards read at once: each reading takes the next place in the order
             start = next(self._order) * self.pairs
@@ -249,14 +249,7 @@ class Reader:
         own = [m.latency.median_ms for m in ms]
         values = [m / r.latency.median_ms for m, r in zip(own, rs, strict=True)] if rs else own
         i = values.index(statistics.median_low(values))
-        rep = dataclasses.replace(ms[i], rounds=len(ms), median_cv=_spread(own), wall_s=time.perf_counter() - t0,
+        rep = dataclasses.replace(ms[i], rounds=len(ms), median_cv=relative_spread(own), wall_s=time.perf_counter() - t0,
                                   cached=False)
         return scaled(rep, rs[i].latency.median_ms / self.scale_ms) if rs else rep
 
-
-def _spread(values: Sequence[float]) -> float:
-    """Population standard deviation over mean (0 for fewer than two values)."""
-    if len(values) < 2:
-        return 0.0
-    mean = statistics.fmean(values)
-    return statistics.pstdev(values) / mean if mean > 0 else 0.0

@@ -15,7 +15,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -138,7 +138,8 @@ def cache_key(sha256: str, target: Target, adapter: ProfilerAdapter | None = Non
     return CacheKey(sha256, target.settings_digest(), adapter.profiler_version())
 
 
-def _cv(values: list[float]) -> float:
+def relative_spread(values: Sequence[float]) -> float:
+    """Population standard deviation over mean (0 for fewer than two values)."""
     if len(values) < 2:
         return 0.0
     mean = statistics.fmean(values)
@@ -212,7 +213,7 @@ def measure(
     result = dataclasses.replace(
         best,
         rounds=len(rounds),
-        median_cv=_cv([r.latency.median_ms for r in rounds]),
+        median_cv=relative_spread([r.latency.median_ms for r in rounds]),
         wall_s=time.perf_counter() - t0,
         per_node_us=node_times,
         cached=False,
@@ -411,7 +412,7 @@ def measure_batch(
         if best.profiler_version != version:
             log.warning("%s reports version %s, expected %s: the device runs another copy of the script",
                         adapter.script, best.profiler_version, version)
-        result = dataclasses.replace(best, rounds=len(got), median_cv=_cv([r.latency.median_ms for r in got]),
+        result = dataclasses.replace(best, rounds=len(got), median_cv=relative_spread([r.latency.median_ms for r in got]),
                                      wall_s=wall / max(n_measured, 1), cached=False)
         if cache is not None:
             cache.put(keys[i], result)

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import numpy as np
 
 from hwcompress.errors import BudgetError, ProfilerError, RemoteError, UsageError
 from hwcompress.fsutil import atomic_write_text
-from hwcompress.judge import Reader, Verdict, judge, measure_rounds, round_target
+from hwcompress.judge import Reader, Verdict, judge
 from hwcompress.records import Candidate, CompressionPolicy, Manifest, Measurement
 from hwcompress.search.agents import AgentConfig
 from hwcompress.search.budget import parse_budget
@@ -98,6 +97,8 @@ class SearchResult:
 
 
 BASELINE_ROUNDS = 7  # fresh profiles of the baseline; their median is the search's scale
+
+
 def _over(value: float, budget: float) -> str:
     """How far ``value`` is over ``budget``: ``22%`` or ``41x``."""
     r = value / budget if budget > 0 else float("inf")
@@ -244,10 +245,9 @@ class Search:
         saved = self.run_dir / "baseline.json"
         if self.resume and saved.is_file():
             return Measurement.from_dict(json.loads(saved.read_text()))
-        rounds, _ = measure_rounds(self.base_file, round_target(self.target), BASELINE_ROUNDS)
-        medians = [m.latency.median_ms for m in rounds]
-        log.info("baseline medians per round: %s ms", ", ".join(f"{v:.3f}" for v in medians))
-        best = rounds[medians.index(statistics.median_low(medians))]
+        best = Reader(self.target, None, 1.0, pairs=BASELINE_ROUNDS).read(self.base_file)  # the median round
+        log.info("baseline: %.3f ms, the median of %d fresh profiles (spread of their medians %.1f%%)",
+                 best.latency.median_ms, best.rounds, best.median_cv * 100)
         if self.per_node:
             nodes = measure(self.base_file, self.target, cache=self.cache, per_node=True).per_node_us
             best = dataclasses.replace(best, per_node_us=nodes)

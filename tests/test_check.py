@@ -430,7 +430,9 @@ def test_e2e_wider_model_is_a_regression(e2e: dict[str, Path]) -> None:
     assert res.returncode == 1, res.stdout + res.stderr
     verdict = json.loads(res.stdout)
     assert verdict["status"] == "fail" and verdict["exit_code"] == 1 and verdict["mode"] == "reference"
-    assert verdict["latency"]["ratio"] > 1.5 and verdict["model_changed"]
+    # twice the channels, ~4x the MACs of the convolutions: read 1.4-2x on this VM (a busy phase slows
+    # the two models by different factors: tools/results/search-budgets.md); well past the 10 % tolerance
+    assert verdict["latency"]["ratio"] > 1.25 and verdict["model_changed"]
     root = ET.parse(d / "fail.xml").getroot()
     assert root.get("failures") == "1" and len(list(root.iter("failure"))) == 1
 

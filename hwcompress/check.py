@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hwcompress.errors import ArtifactError, FileMissingError, UsageError
 from hwcompress.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from hwcompress.judge import ROUND_SETTINGS, bootstrap_ratio, measure_rounds, round_target
+from hwcompress.judge import bootstrap_ratio, measure_rounds, round_settings, round_target
 from hwcompress.records import Manifest, Measurement, MeasureSettings, Record, RecordError, Target
 
 if TYPE_CHECKING:
@@ -418,11 +418,12 @@ def record_baseline(
     *,
     rounds: int = DEFAULT_BASELINE_ROUNDS,
     reference: ResolvedModel | None = None,
-    settings: MeasureSettings = ROUND_SETTINGS,
+    settings: MeasureSettings | None = None,
     runner: Runner | None = None,
     command: str = "",
 ) -> LatencyBaseline:
-    """Measure ``model`` (interleaved with ``reference`` when given) ``rounds`` times."""
+    """Measure ``model`` (interleaved with ``reference`` when given) ``rounds`` times (``settings``: the
+    target's judged rounds by default, :func:`hwcompress.judge.round_settings`)."""
     from hwcompress import __version__
 
     if rounds < MIN_ROUNDS:
@@ -469,7 +470,7 @@ class CheckOptions:
     max_rounds: int = 2 * DEFAULT_CHECK_ROUNDS
     confidence: float = 0.95
     seed: int = 0
-    settings: MeasureSettings | None = None  # per-round settings; default: the baseline's, else ROUND_SETTINGS
+    settings: MeasureSettings | None = None  # per-round settings; default: the baseline's, else the target's rounds
 
 
 def _comparable(baseline: LatencyBaseline | Manifest, target: Target) -> list[str]:
@@ -521,7 +522,7 @@ def run_check(
         assert baseline.result.measurement is not None
         base_rounds, base_ref = [baseline.result.measurement], []
         base_sha = baseline.result.measurement.model_sha256
-        settings = opts.settings or ROUND_SETTINGS
+        settings = opts.settings or round_settings(target)
         warns.append("the manifest records no reference measurement, so latency is compared in absolute terms; "
                      "reference mode is more robust (record one with `hwcompress baseline --reference`)")
         if reference is not None:

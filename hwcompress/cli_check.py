@@ -85,11 +85,10 @@ def baseline(
     num_classes: ClassesOpt = 10,
 ) -> None:
     """Record a latency/memory baseline (full statistics per round, machine description) for `check`."""
-    import dataclasses
 
     from hwcompress.check import artifact_manifest, record_baseline, write_baseline
     from hwcompress.errors import UsageError
-    from hwcompress.judge import ROUND_SETTINGS
+    from hwcompress.judge import round_settings
 
     if min_seconds is not None and min_seconds <= 0:
         raise UsageError("--min-seconds must be > 0")
@@ -97,7 +96,7 @@ def baseline(
     tgt = _load_target(target, manifest.target if manifest else None)
     m = _resolve(model, tgt, input_shape, num_classes)
     ref = _resolve(reference, tgt, input_shape, num_classes) if reference else None
-    settings = ROUND_SETTINGS if min_seconds is None else dataclasses.replace(ROUND_SETTINGS, min_seconds=min_seconds)
+    settings = round_settings(tgt, min_seconds)
     b = record_baseline(m, tgt, rounds=rounds, reference=ref, settings=settings, command=_command_line())
     path = write_baseline(b, out_path)
     out.print(_baseline_table(b))
@@ -185,11 +184,10 @@ def check(
     ref = _resolve(ref_spec, tgt, input_shape, num_classes) if ref_spec else None
     settings = None
     if min_seconds is not None:
-        from hwcompress.judge import ROUND_SETTINGS
+        from hwcompress.judge import round_settings
 
-        settings = dataclasses.replace(
-            base.target.measure if isinstance(base, LatencyBaseline) else ROUND_SETTINGS, min_seconds=min_seconds
-        )
+        settings = (dataclasses.replace(base.target.measure, min_seconds=min_seconds)
+                    if isinstance(base, LatencyBaseline) else round_settings(tgt, min_seconds))
     opts = CheckOptions(
         tolerance=tol, memory_tolerance=mem_tol, metric=metric, rounds=rounds,
         max_rounds=max(rounds, max_rounds if max_rounds is not None else 2 * rounds),

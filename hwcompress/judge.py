@@ -58,8 +58,16 @@ ROUND_SETTINGS = MeasureSettings(
 )
 
 
-def round_target(target: Target, settings: MeasureSettings = ROUND_SETTINGS) -> Target:
-    """``target`` with per-round settings: one profile per fresh process, no re-measure inside."""
+def round_settings(target: Target, min_seconds: float | None = None) -> MeasureSettings:
+    """:data:`ROUND_SETTINGS` with the target's ``round_seconds`` timed per round (or ``min_seconds``)."""
+    s = target.measure.round_seconds if min_seconds is None else min_seconds
+    return dataclasses.replace(ROUND_SETTINGS, min_seconds=s, max_seconds=max(ROUND_SETTINGS.max_seconds, 2 * s))
+
+
+def round_target(target: Target, settings: MeasureSettings | None = None) -> Target:
+    """``target`` with per-round settings (default :func:`round_settings`): one profile per fresh
+    process, no re-measure inside."""
+    settings = settings or round_settings(target)
     s = dataclasses.replace(settings, max_rounds=1, max_cv=max(settings.max_cv, 1.0),
                             timeout_s=max(settings.timeout_s, target.measure.timeout_s))
     return dataclasses.replace(target, measure=s)
@@ -188,7 +196,7 @@ def judge(
     """Profile ``model`` (beside ``reference``, ABBA) until :func:`decide` is decided or ``max_pairs``.
 
     ``limit`` is a ratio to the reference (``0.5`` for a 0.5x budget), or milliseconds without one.
-    Each profile runs with :data:`ROUND_SETTINGS` (the pairs are the repetition).
+    Each profile runs with :func:`round_settings` (the pairs are the repetition).
     """
     if not 1 <= min_pairs <= max_pairs:
         raise ValueError("need 1 <= min_pairs <= max_pairs")
@@ -216,7 +224,7 @@ class Reader:
       for a minute at a time), a board warming up.
 
     With a ``reference`` (a relative budget: the baseline's file), a reading is ``pairs`` ABBA pairs
-    of fresh profiles beside the reference with :data:`ROUND_SETTINGS` (order carried on from one
+    of fresh profiles beside the reference with :func:`round_settings` (order carried on from one
     reading to the next), and the candidate's times are put on the scale of ``scale_ms`` (the
     baseline's median at the search's start) by the median pair: reading = ``scale_ms x`` median
     model/reference ratio, so that a reading within ``aim x scale_ms`` is a ratio within ``aim`` as

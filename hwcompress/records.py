@@ -161,6 +161,10 @@ class MeasureSettings(Record):
     max_cv: float = 0.03
     max_rounds: int = 3
     timeout_s: float = 120.0
+    # Timed seconds of each *judged* round (a short profile in a fresh process: the search's readings,
+    # its verdicts, `baseline` and `check`; hwcompress.judge).  Raise it on a board where a round should
+    # weigh inference more than process start.
+    round_seconds: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ class Target(Record):
             "runtime": self.runtime,
             "threads": self.threads,
             "options": self.options.to_dict(with_schema=False),
-            "measure": self.measure.to_dict(with_schema=False),
+            "measure": {k: v for k, v in self.measure.to_dict(with_schema=False).items()
+                        if k != "round_seconds"},  # a judged round's own settings carry it as min_seconds
             "host": f"{self.connection.host}:{self.connection.port}" if self.connection.kind == "ssh" else "local",
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

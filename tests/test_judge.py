@@ -128,6 +128,29 @@ def test_judge_without_reference_profiles_the_model_alone(scripted: Any) -> None
     assert v.within and v.decided and v.pairs == 2 and v.reference_ms == () and calls == ["m.onnx"] * 2
 
 
+def test_judged_rounds_time_the_targets_round_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A judged round is short (``round_seconds``, 0.1 s by default); a target file may lengthen it, and
+    the measurement cache's key for the target's ordinary profiles does not change with it."""
+    import hwcompress.profiling.measure as pm
+
+    seen: list[float] = []
+
+    def fake(path: Any, target: Any, **kw: Any) -> Measurement:
+        seen.append(target.measure.min_seconds)
+        assert target.measure.max_rounds == 1 and target.measure.max_seconds >= target.measure.min_seconds
+        return _measurement(1.0 if Path(path).name == "m.onnx" else 4.0)
+
+    monkeypatch.setattr(pm, "measure", fake)
+    base = load_target("x86-cpu")
+    judge(Path("m.onnx"), base, 0.5, reference=Path("r.onnx"), min_pairs=2, max_pairs=2)
+    slow = dataclasses.replace(base, measure=dataclasses.replace(base.measure, round_seconds=1.5))
+    Reader(slow, Path("r.onnx"), 4.0, pairs=1).read(Path("m.onnx"))
+    assert seen == [0.1] * 4 + [1.5] * 2
+    assert slow.settings_digest() == base.settings_digest()
+    assert dataclasses.replace(base, measure=dataclasses.replace(base.measure, min_seconds=1.5)).settings_digest() \
+        != base.settings_digest()
+
+
 def test_judge_needs_sane_pair_bounds() -> None:
     with pytest.raises(ValueError):
         judge(Path("m.onnx"), load_target("x86-cpu"), 0.5, min_pairs=3, max_pairs=2)

@@ -264,6 +264,9 @@ def test_evaluate_reports_held_out_figures(tmp_path: Path) -> None:
         assert c["measured_ms"] == sorted(c["passes_ms"])[len(c["passes_ms"]) // 2] or len(c["passes_ms"]) == 2
     assert d["fit"]["n"] == 2
     assert d["held_out_p10"]["within_10pct"] >= 0.0
+    # read beside the baseline, fresh: a second evaluation serves the table from the cache, not the readings
+    again = evaluate(tiny_resnet(), SHAPE, target, n_candidates=4, n_fit=2, cache=cache, workdir=tmp_path, passes=1).to_dict()
+    assert again["table"]["measured"] == 0 and not any(c["cached"] for c in again["candidates"])
 
 
 def test_cli_latency_model_json_and_bad_input(tmp_path: Path) -> None:

@@ -4,13 +4,13 @@
 For each demo model (input 1x1x28x28, fixed-seed weights) on a target: build the table in a
 fresh measurement cache (so its cost is the real cost: entries measured, seconds), fit the
 residual on ``--fit`` random pruned candidates, measure ``--candidates`` other random pruned
-candidates, and print: table entries and seconds, repeatability of the entries, then for the
+candidates (each read beside the baseline, in ``--passes`` passes: ``evaluate``), and print: table entries and seconds, repeatability of the entries, then for the
 held-out candidates the fraction predicted within +-10 %, Spearman and median |error| of the
 table predictor and of the MACs model (hwcompress.search.latency_model, fitted to the same points).
 Goals: >= 95 % within +-10 % and Spearman >= 0.95; table <= 120 s for ResNet-20 on the local CPU.
 
     .venv/bin/python tools/bench_latency_model.py [--models resnet-20,vgg-small] [--target x86-cpu]
-        [--candidates 30] [--fit 8] [--mixed 0] [--json out.json]
+        [--candidates 30] [--fit 8] [--mixed 0] [--passes 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ GOAL_TABLE_S = 120.0
 
 
 def bench(name: str, target_name: str, candidates: int, fit: int, seed: int, cache_dir: Path,
-          mixed: int = 0) -> dict[str, Any]:
+          mixed: int = 0, passes: int = 5) -> dict[str, Any]:
     import torch
 
     from hwcompress.latency.predictor import evaluate
@@ -43,7 +43,7 @@ def bench(name: str, target_name: str, candidates: int, fit: int, seed: int, cac
     net = build_model(name, in_channels=1, num_classes=10)
     t0 = time.perf_counter()
     ev = evaluate(net, (1, 1, 28, 28), load_target(target_name), model_name=name, n_candidates=candidates, n_fit=fit,
-                  seed=seed, cache=MeasurementCache(cache_dir / f"{name}.sqlite"), n_mixed=mixed)
+                  seed=seed, cache=MeasurementCache(cache_dir / f"{name}.sqlite"), n_mixed=mixed, passes=passes)
     d = ev.to_dict()
     d["wall_s"] = time.perf_counter() - t0
     return d
@@ -57,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed", type=int, default=0, help="also hold out N mixed-precision candidates")
+    p.add_argument("--passes", type=int, default=5, help="passes over the candidates, each read beside the baseline")
     p.add_argument("--json", type=Path, default=None, help="also write every figure and candidate here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         for name in args.models.split(","):
-            d = bench(name.strip(), args.target, args.candidates, args.fit, args.seed, Path(tmp), args.mixed)
+            d = bench(name.strip(), args.target, args.candidates, args.fit, args.seed, Path(tmp), args.mixed, args.passes)
             results.append(d)
             t, h, m = d["table"], d["held_out"], d["macs_model"]
             repeat = t["repeat_median_rel_diff"]

@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,13 +177,14 @@ def random_precisions(analysis: Analysis, precisions: Sequence[str], rng: random
     return out
 
 
-def _macs_model(analysis: Analysis, baseline: Measurement) -> Any:
-    """Today's MACs-based latency model of the search (hwcompress.search.latency_model)."""
+def _macs_model(analysis: Analysis, baseline: Measurement, base_ms: float) -> Any:
+    """Today's MACs-based latency model of the search (hwcompress.search.latency_model): ``baseline``'s
+    per-node times, on the scale of ``base_ms`` (the baseline's figure the candidates are read on)."""
     from hwcompress.search.latency_model import LatencyModel
     from hwcompress.search.layers import cost_model, layer_times_ms
 
     times = layer_times_ms(analysis.rows, baseline, analysis.onnx_path)
-    return LatencyModel(cost_model(analysis.groups, analysis.rows, times), baseline.latency.median_ms)
+    return LatencyModel(cost_model(analysis.groups, analysis.rows, times), base_ms)
 
 
 def _keep_vector(analysis: Analysis, counts: Mapping[int, int]) -> np.ndarray:
@@ -250,10 +251,14 @@ def evaluate(
     calibration images: latency does not depend on them) and measured; the residual is refitted on
     all fitting candidates, fp32 and mixed, and ``mixed`` reports the held-out mixed figures.
 
-    Each candidate is measured in ``passes`` interleaved passes over all candidates (the first
-    through the cache, the others fresh); its latency is the median of its passes' medians, so a
-    burst of load from other work on the device moves one pass, not the figure.  The agreement of
-    pass 2 with pass 1 (``remeasure_*``) is the noise floor of a single measurement."""
+    Candidates are read as the search reads them (:class:`hwcompress.judge.Reader`): relative to the
+    baseline beside them.  Each of ``passes`` passes profiles every candidate in its own random order,
+    in one batch with the baseline before and after each candidate (one process per chunk: the
+    process's fast or slow state and a slow spell of the device cancel in the ratio); a candidate's
+    figure is the median over passes of its ratio to the geometric mean of its two neighbouring
+    baseline profiles, times the median of every baseline profile.  Nothing comes from the cache: a
+    reading belongs to its moment.  The agreement of pass 2 with pass 1 (``remeasure_*``) is the
+    noise floor of a single pass."""
     from hwcompress.export import export_onnx
     from hwcompress.profiling.measure import measure, measure_batch
     from hwcompress.profiling.remote import runner_for
@@ -317,22 +322,42 @@ def evaluate(
         if passes < 1:
             raise UsageError(f"passes must be >= 1, got {passes}")
         # Each pass measures the candidates in its own random order, so that a burst of load from other
-        # work on the device lands on random candidates, not on the fitting ones (measured together).
+        # work on the device lands on random candidates, not on the fitting ones (measured together);
+        # the baseline sits between every two candidates, and each candidate is taken relative to it.
+        one_round = replace(target, measure=replace(target.measure, max_rounds=1, max_cv=1.0))
         order_rng = random.Random(seed + 1)
-        runs = []
+        ratios: list[list[float]] = []
+        ratios_p10: list[list[float]] = []
+        base_ms: list[float] = []
+        base_p10: list[float] = []
+        measured: list[Measurement] = []
         for k in range(passes):
             order = list(range(len(paths)))
             order_rng.shuffle(order)
-            got = measure_batch([paths[j] for j in order], target, cache=cache if k == 0 else None, runner=runner)
+            files = [analysis.onnx_path]
+            for j in order:
+                files += [paths[j], analysis.onnx_path]
+            got = measure_batch(files, one_round, runner=runner, force=True)
+            bases, outs = got[0::2], got[1::2]
+            r = [0.0] * len(paths)
+            r10 = [0.0] * len(paths)
             back: list[Measurement | None] = [None] * len(paths)
-            for j, m in zip(order, got, strict=True):
-                back[j] = m
-            runs.append([m for m in back if m is not None])
-        measured = runs[0]
-        per_pass = [[m.latency.median_ms for m in r] for r in runs]
-        per_pass_p10 = [[m.latency.p10_ms for m in r] for r in runs]
+            for pos, j in enumerate(order):
+                b0, b1 = bases[pos].latency, bases[pos + 1].latency
+                r[j] = outs[pos].latency.median_ms / math.sqrt(b0.median_ms * b1.median_ms)
+                r10[j] = outs[pos].latency.p10_ms / math.sqrt(b0.p10_ms * b1.p10_ms)
+                back[j] = outs[pos]
+            ratios.append(r)
+            ratios_p10.append(r10)
+            base_ms += [b.latency.median_ms for b in bases]
+            base_p10 += [b.latency.p10_ms for b in bases]
+            if k == 0:
+                measured = [m for m in back if m is not None]
+        scale, scale_p10 = statistics.median(base_ms), statistics.median(base_p10)
+        per_pass = [[x * scale for x in r] for r in ratios]
+        per_pass_p10 = [[x * scale_p10 for x in r] for r in ratios_p10]
         seconds["measure_candidates"] = time.perf_counter() - t
-        macs = _macs_model(analysis, baseline)  # reads the baseline's ONNX: inside the work folder
+        macs = _macs_model(analysis, baseline, scale)  # reads the baseline's ONNX: inside the work folder
 
     ms = [statistics.median(v) for v in zip(*per_pass, strict=True)]
     noise: dict[str, float] = {}
@@ -345,12 +370,12 @@ def evaluate(
     ms = ms[:len(cands)]
     fit_idx, held_idx = list(range(n_fit)), list(range(n_fit, len(cands)))
     pred = TablePredictor(table, analysis.templates)
-    pred.fit([{}] + [cands[i] for i in fit_idx], [baseline.latency.median_ms] + [ms[i] for i in fit_idx])
+    pred.fit([{}] + [cands[i] for i in fit_idx], [scale] + [ms[i] for i in fit_idx])
     # The same check against each candidate's 10th-percentile latency: less moved by other work on
     # a shared device than the median, so it shows the model's own error where the median is noisy.
     p10 = [statistics.median(v) for v in zip(*per_pass_p10, strict=True)]
     pred_p10 = TablePredictor(table, analysis.templates)
-    pred_p10.fit([{}] + [cands[i] for i in fit_idx], [baseline.latency.p10_ms] + [p10[i] for i in fit_idx])
+    pred_p10.fit([{}] + [cands[i] for i in fit_idx], [scale_p10] + [p10[i] for i in fit_idx])
     held_p10 = figures([pred_p10.predict(cands[i]) for i in held_idx], [p10[i] for i in held_idx])
     if passes >= 2:
         floor = figures([per_pass_p10[1][i] for i in held_idx], [per_pass_p10[0][i] for i in held_idx])
@@ -361,7 +386,7 @@ def evaluate(
     if mixed:
         both = TablePredictor(table, analysis.templates)
         both.fit([{}] + [cands[i] for i in fit_idx] + [c for c, _ in mixed[:n_fit]],
-                 [baseline.latency.median_ms] + [ms[i] for i in fit_idx] + mixed_ms[:n_fit],
+                 [scale] + [ms[i] for i in fit_idx] + mixed_ms[:n_fit],
                  [None] * (1 + n_fit) + [p for _, p in mixed[:n_fit]])
         fp32_same = [both.predict(c) for c, _ in mixed]
         preds = [both.predict(c, p) for c, p in mixed]
@@ -389,7 +414,7 @@ def evaluate(
     table_info["precisions"] = precs
     ev = Evaluation(model_name, target.name, n_fit, {**figures(table_pred, held), "passes": float(passes), **noise},
                     figures(macs_pred, held), table_info,
-                    pred.alpha, pred.beta, baseline.latency.median_ms, seconds, rows, mixed=mixed_figures,
+                    pred.alpha, pred.beta, scale, seconds, rows, mixed=mixed_figures,
                     mixed_candidates=mixed_rows, held_out_p10=held_p10)
     log.info("latency model on %s: %s", target.name, {k: v for k, v in ev.held_out.items()})
     if not all(math.isfinite(v) for v in ms):

@@ -247,7 +247,7 @@ def latency_model(
     max_entries: Annotated[int, typer.Option("--max-entries", help="Most table entries (channel grid thinned beyond)")] = 600,
     mixed: Annotated[int, typer.Option("--mixed", help="Also hold out N random mixed-precision pruned candidates "
                                                        "(table gets the target's precisions and boundary costs)")] = 0,
-    passes: Annotated[int, typer.Option("--passes", help="Interleaved measurement passes per candidate (median taken)")] = 3,
+    passes: Annotated[int, typer.Option("--passes", help="Passes over the candidates, each read between two baseline profiles (median taken)")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures (and every candidate) as JSON")] = False,
     cache: CacheOpt = None,
     input_shape: Annotated[str, typer.Option("--input-shape", help="C,H,W (default 1,28,28)")] = "1,28,28",

@@ -243,7 +243,8 @@ def evaluate(
 ) -> Evaluation:
     """Build or load the table, measure ``n_fit`` random pruned candidates to fit the residual
     (and the MACs model's scale, which sees the same points), then ``n_candidates`` other random
-    candidates held out; figures of both models on those.  Measurements go through ``cache``.
+    candidates held out; figures of both models on those.  The table and the baseline's per-node
+    profile go through ``cache``; the candidates are read fresh (below).
 
     ``n_mixed`` > 0 also checks mixed precision: the table gets entries at the target's precisions
     (of fp32, int8, fp16, int4) and the precision boundaries, ``n_fit`` + ``n_mixed`` random pruned

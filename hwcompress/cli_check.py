@@ -150,8 +150,6 @@ def check(
     num_classes: ClassesOpt = 10,
 ) -> None:
     """Re-measure and compare with a baseline: exit 0 pass, 1 regression, 2 usage error."""
-    import dataclasses
-
     from hwcompress.check import (
         CheckOptions,
         LatencyBaseline,
@@ -186,8 +184,7 @@ def check(
     if min_seconds is not None:
         from hwcompress.judge import round_settings
 
-        settings = (dataclasses.replace(base.target.measure, min_seconds=min_seconds)
-                    if isinstance(base, LatencyBaseline) else round_settings(tgt, min_seconds))
+        settings = round_settings(tgt, min_seconds)
     opts = CheckOptions(
         tolerance=tol, memory_tolerance=mem_tol, metric=metric, rounds=rounds,
         max_rounds=max(rounds, max_rounds if max_rounds is not None else 2 * rounds),

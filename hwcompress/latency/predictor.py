@@ -18,7 +18,7 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -327,36 +327,33 @@ def evaluate(
         # the baseline sits between every two candidates, and each candidate is taken relative to it.
         one_round = replace(target, measure=replace(target.measure, max_rounds=1, max_cv=1.0))
         order_rng = random.Random(seed + 1)
-        ratios: list[list[float]] = []
-        ratios_p10: list[list[float]] = []
-        base_ms: list[float] = []
-        base_p10: list[float] = []
-        measured: list[Measurement] = []
-        for k in range(passes):
+        runs: list[tuple[list[int], list[Measurement]]] = []  # per pass: the order, then B c B c ... B
+        for _ in range(passes):
             order = list(range(len(paths)))
             order_rng.shuffle(order)
             files = [analysis.onnx_path]
             for j in order:
                 files += [paths[j], analysis.onnx_path]
-            got = measure_batch(files, one_round, runner=runner, force=True)
-            bases, outs = got[0::2], got[1::2]
-            r = [0.0] * len(paths)
-            r10 = [0.0] * len(paths)
-            back: list[Measurement | None] = [None] * len(paths)
-            for pos, j in enumerate(order):
-                b0, b1 = bases[pos].latency, bases[pos + 1].latency
-                r[j] = outs[pos].latency.median_ms / math.sqrt(b0.median_ms * b1.median_ms)
-                r10[j] = outs[pos].latency.p10_ms / math.sqrt(b0.p10_ms * b1.p10_ms)
-                back[j] = outs[pos]
-            ratios.append(r)
-            ratios_p10.append(r10)
-            base_ms += [b.latency.median_ms for b in bases]
-            base_p10 += [b.latency.p10_ms for b in bases]
-            if k == 0:
-                measured = [m for m in back if m is not None]
-        scale, scale_p10 = statistics.median(base_ms), statistics.median(base_p10)
-        per_pass = [[x * scale for x in r] for r in ratios]
-        per_pass_p10 = [[x * scale_p10 for x in r] for r in ratios_p10]
+            runs.append((order, measure_batch(files, one_round, runner=runner, force=True)))
+
+        def read(stat: Callable[[Measurement], float]) -> tuple[list[list[float]], float]:
+            """Per pass, each candidate's ``stat`` over the geometric mean of its two neighbouring baseline
+            profiles, times the median baseline profile (the scale, also returned)."""
+            scale = statistics.median(stat(m) for _, got in runs for m in got[0::2])
+            out = []
+            for order, got in runs:
+                r = [0.0] * len(paths)
+                for pos, j in enumerate(order):
+                    r[j] = scale * stat(got[2 * pos + 1]) / math.sqrt(stat(got[2 * pos]) * stat(got[2 * pos + 2]))
+                out.append(r)
+            return out, scale
+
+        per_pass, scale = read(lambda m: m.latency.median_ms)
+        per_pass_p10, scale_p10 = read(lambda m: m.latency.p10_ms)
+        first_order, first_got = runs[0]
+        cached = [False] * len(paths)
+        for pos, j in enumerate(first_order):
+            cached[j] = first_got[2 * pos + 1].cached
         seconds["measure_candidates"] = time.perf_counter() - t
         macs = _macs_model(analysis, baseline, scale)  # reads the baseline's ONNX: inside the work folder
 
@@ -407,7 +404,7 @@ def evaluate(
         rows.append({"fit": i < n_fit, "counts": {g.name: c[g.index] for g in analysis.groups},
                      "measured_ms": ms[i], "table_ms": pred.predict(c),
                      "macs_model_ms": float(macs.predict(_keep_vector(analysis, c))),
-                     "macs": float(macs.cost.macs(_keep_vector(analysis, c))), "cached": measured[i].cached, "passes_ms": [p[i] for p in per_pass],
+                     "macs": float(macs.cost.macs(_keep_vector(analysis, c))), "cached": cached[i], "passes_ms": [p[i] for p in per_pass],
                      "p10_ms": p10[i] if i < len(p10) else None})
     table_info: dict[str, Any] = {"entries": len(table), "seconds": table.seconds, "measured": table.measured, "cached": table.cached,
                   "repeat_median_rel_diff": table.repeat_rel_diff,

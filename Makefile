@@ -10,7 +10,7 @@ demo: setup
 	.venv/bin/hwcompress demo
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow -p no:cacheprovider

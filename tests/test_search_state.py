@@ -10,7 +10,7 @@ import pytest
 from hwcompress.errors import UsageError
 from hwcompress.judge import Verdict, decide
 from hwcompress.records import Candidate, CompressionPolicy, RecordError
-from hwcompress.search.pick import pick, ranked
+from hwcompress.search.pick import estimate_ms, pick, ranked, tie_margin
 from hwcompress.search.state import Budget, Judged, Stage1Report
 
 
@@ -70,6 +70,44 @@ def test_candidates_are_judged_within_first_by_reward_then_the_fastest() -> None
              cand("e", 0.1, 0.99, error="failed")]
     order = [c.policy.keep for c in ranked(cands, 0.5)]
     assert order == [{"c": 0.5}, {"b": 0.5}, {"a": 0.5}, {"d": 0.5}]
+
+
+def test_rewards_within_their_noise_are_tied_and_the_widest_is_judged_first() -> None:
+    # mobilenetv2-small at 0.7x (out/bench-21e): 0.9032 read 0.109 ms won over 0.9000 read 0.1315 ms,
+    # 0.3 pt apart on 5000 validation images, where one standard error is 0.42 pt
+    tie = tie_margin(0.9032, 5000)
+    assert tie == pytest.approx(0.00418, abs=1e-5) and tie_margin(0.9, 0) == 0.0
+    cands = [cand("a", 0.109, 0.9032), cand("b", 0.1315, 0.9000), cand("c", 0.1293, 0.9002),
+             cand("d", 0.125, 0.8950), cand("e", 0.140, 0.9100)]
+    names = [next(iter(c.policy.keep)) for c in ranked(cands, 0.1327, tie)]
+    assert names == ["b", "c", "a", "d", "e"]  # tied by the slowest reading, then by reward, then those over
+    assert [next(iter(c.policy.keep)) for c in ranked(cands, 0.1327)] == ["a", "c", "b", "d", "e"]
+    # on a 0.1935 ms baseline: "b" is judged just over (0.69 -> k = 1.015), "c" is still read within and wins
+    calls, judge = _judge({"a": 0.56, "b": 0.69, "c": 0.675, "d": 0.65, "e": 0.72}, limit=0.686)
+    best, _ = pick(cands, judge, aim_ms=0.1327, scale_ms=0.1935, tie=tie)
+    assert calls == ["b", "c"] and best is cands[2]
+
+
+def test_a_lucky_reading_is_ranked_on_the_prediction_it_contradicts() -> None:
+    # mobilenetv2-small at 0.7x (out/bench-21f): read 0.144 ms, predicted 0.216 ms, judged 0.234 ms
+    lucky, honest = cand("lucky", 0.144, 0.917), cand("honest", 0.180, 0.905)
+    slow_read = cand("slow", 0.200, 0.90)
+    preds = {"lucky": 0.216, "honest": 0.175, "slow": 0.150}
+
+    def predict(c: Candidate) -> float:
+        return preds[next(iter(c.policy.keep))]
+
+    assert estimate_ms(lucky, predict) == 0.216 and estimate_ms(slow_read, predict) == 0.200
+    assert estimate_ms(lucky) == 0.144 and estimate_ms(lucky, lambda c: float("nan")) == 0.144
+    assert estimate_ms(cand("x", 0.1, 0.9, error="failed"), predict) == float("inf")
+    cands = [lucky, honest, slow_read]
+    calls, judge = _judge({"lucky": 1.08, "honest": 0.83, "slow": 0.93}, limit=1.0)
+    # on the readings alone the lucky one is judged first and found over; on the estimates it is not judged
+    best, _ = pick(cands, judge, aim_ms=0.2, scale_ms=0.2)
+    assert calls == ["lucky", "honest"] and best is honest
+    calls, judge = _judge({"lucky": 1.08, "honest": 0.83, "slow": 0.93}, limit=1.0)
+    best, _ = pick(cands, judge, aim_ms=0.2, scale_ms=0.2, predict=predict)
+    assert calls == ["honest"] and best is honest
 
 
 def _judge(ratios: dict[str, float], limit: float = 0.5) -> tuple[list[str], Any]:

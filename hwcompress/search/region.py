@@ -50,6 +50,8 @@ class Region(Protocol):
 
     def predict(self, keep: np.ndarray) -> float: ...
 
+    def predict_at(self, keep: np.ndarray, precision: str) -> float: ...
+
     def precision_for(self, keep: np.ndarray) -> str: ...
 
     def wall_limit(self) -> float: ...
@@ -194,7 +196,9 @@ class TableRegion(_Base):
         return self.table.total_ms(self.templates, self.counts(keep), prec)
 
     def predict_at(self, keep: np.ndarray, precision: str) -> float:
-        return self._fits[precision](self.feature(keep, precision))
+        """The prediction in ms with every layer at ``precision`` (nan for a precision the table lacks)."""
+        fit = self._fits.get(precision)
+        return fit(self.feature(keep, precision)) if fit is not None else float("nan")
 
     def precision_for(self, keep: np.ndarray) -> str:
         return min(self.precisions, key=lambda p: self.predict_at(keep, p))
@@ -241,6 +245,10 @@ class CostRegion(_Base):
 
     def predict(self, keep: np.ndarray) -> float:
         return self.model.cost.macs(keep) if self.macs_only else self.model.predict(keep)
+
+    def predict_at(self, keep: np.ndarray, precision: str) -> float:
+        """The prediction in ms at ``precision``; nan where there is none (MACs, another precision)."""
+        return float("nan") if self.macs_only or precision not in self.precisions else self.model.predict(keep)
 
     def observe(self, keep: np.ndarray, measured: float, precision: str = "fp32") -> float:
         return 0.0 if self.macs_only else self.model.observe(keep, measured)

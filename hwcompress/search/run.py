@@ -41,7 +41,7 @@ from hwcompress.search.agents import AgentConfig
 from hwcompress.search.budget import parse_budget
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.evaluator import EvalContext, SearchLog
-from hwcompress.search.pick import pick, reading_ms
+from hwcompress.search.pick import pick, reading_ms, tie_margin
 from hwcompress.search.state import Budget, Judged, Stage1Report, Stage2Report
 
 if TYPE_CHECKING:
@@ -283,8 +283,10 @@ class Search:
         self, stage: str, cands: Sequence[Candidate], file_of: Callable[[Candidate], Path],
         project: Callable[[Candidate, Verdict], Candidate | None] | None = None,
         settled: tuple[Candidate, Verdict] | None = None,
+        predict: Callable[[Candidate], float | None] | None = None,
     ) -> tuple[Candidate | None, list[Judged]]:
-        """A stage's winner among ``cands``, by the judge at the budget's aim: :func:`pick`."""
+        """A stage's winner among ``cands``, by the judge at the budget's aim: :func:`pick` (``predict``: the
+        stage predictor's figure for a candidate, in the readings' milliseconds)."""
         where = "beside the baseline" if self.budget.relative else "on fresh profiles"
 
         def judged(c: Candidate, how: str, v: Verdict) -> None:
@@ -295,7 +297,16 @@ class Search:
                                       f"{c.accuracy * 100:.1f}%) judged {where}: {v.describe()}")
 
         return pick(cands, lambda c: self.judge(file_of(c), self.budget.aim), self.budget.aim_ms,
-                    self.base_ms if self.budget.relative else 1.0, project=project, settled=settled, on_verdict=judged)
+                    self.base_ms if self.budget.relative else 1.0, project=project, settled=settled, on_verdict=judged,
+                    tie=self.tie(cands), predict=predict)
+
+    def tie(self, cands: Sequence[Candidate]) -> float:
+        """Rewards closer than this rank as tied in :func:`pick`: one standard error of the best accuracy on
+        the validation images the candidates were scored on (0 for the label-free score, which has none)."""
+        scores = [c.accuracy for c in cands if not c.error]
+        if self.cfg.score != "accuracy" or not scores:
+            return 0.0
+        return tie_margin(max(scores), len(self.ctx.val()))
 
     def candidate_file(self, cand: Candidate) -> Path:
         """The file a candidate was measured as (``candidates/<stage>-<digest>``)."""

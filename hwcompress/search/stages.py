@@ -257,7 +257,10 @@ def run_stage1(s: Search) -> Stage1Report:
             got = evaluator(policy).info["candidate"]
             return None if got.error else got
 
-        best, judged = s.pick("stage 1", list(evaluator.state.seen.values()), file_of, project)
+        def predict(c: Candidate) -> float:
+            return region.predict_at(evaluator.keep_vector(c.policy), c.policy.default_precision)
+
+        best, judged = s.pick("stage 1", list(evaluator.state.seen.values()), file_of, project, predict=predict)
     within_rate = region.within(0.10) if measured else (0, 0)
     return Stage1Report(
         policy=best.policy if best else CompressionPolicy(), best=best,
@@ -405,8 +408,13 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         cands = list(evaluator.state.seen.values())
         plain = next((c for c in cands if not c.error and c.measurement is not None
                       and set(c.policy.precision.values()) == {precision}), None)
+        def predict_mix(c: Candidate) -> float:
+            assert predictor is not None
+            return predictor([c.policy.precision.get(st.name, "fp32") for st in steps])
+
         best, judged = s.pick("stage 2", cands, file_of,
-                              settled=(plain, settled) if plain is not None and settled is not None else None)
+                              settled=(plain, settled) if plain is not None and settled is not None else None,
+                              predict=predict_mix)
     return Stage2Report(
         policy=best.policy if best else CompressionPolicy(keep=keep), best=best,
         within=any(j.verdict.within for j in judged) if measured else evaluator.state.best_within,

@@ -110,6 +110,26 @@ def test_a_lucky_reading_is_ranked_on_the_prediction_it_contradicts() -> None:
     assert calls == ["honest"] and best is honest
 
 
+def test_a_candidate_judged_over_competes_again_as_its_projection() -> None:
+    # "a" (best reward) is judged just over; its projection, a little narrower and scored 0.1 pt lower,
+    # is tied with it and wider than "b" (the next best), so it is judged next and wins
+    cands = [cand("a", 0.48, 0.910), cand("b", 0.36, 0.903)]
+    calls, judge = _judge({"a": 0.51, "p": 0.49, "b": 0.37})
+    made: list[str] = []
+
+    def project(c: Candidate, v: Verdict) -> Candidate:
+        made.append(next(iter(c.policy.keep)))
+        return cand("p", 0.46, 0.909)
+
+    best, judged = pick(cands, judge, aim_ms=0.5, scale_ms=1.0, project=project, tie=0.004)
+    assert made == ["a"] and calls == ["a", "p"] and best is not None and best.policy.keep == {"p": 0.5}
+    assert [j.how for j in judged] == ["ranked", "projected"]
+    # a projection scored well below the next best waits its turn: "b" is judged before it
+    calls, judge = _judge({"a": 0.51, "p": 0.49, "b": 0.37})
+    best, _ = pick(cands, judge, aim_ms=0.5, scale_ms=1.0, project=lambda c, v: cand("p", 0.46, 0.85), tie=0.004)
+    assert calls == ["a", "b"] and best is cands[1]
+
+
 def _judge(ratios: dict[str, float], limit: float = 0.5) -> tuple[list[str], Any]:
     """A scripted judge: the true ratio of each candidate (by its policy's name); the calls it got."""
     calls: list[str] = []

@@ -12,7 +12,8 @@ figure and within +-10 % of it for 33 %; the higher of reading and prediction 0.
 +-10 % for 59 %.
 
 Each verdict then calibrates the estimates the next try is ranked on (the median of judged /
-estimated over the verdicts so far), before the best one is projected onto the predictor's region.
+estimated over the verdicts so far), and a candidate judged over is projected onto the predictor's
+region (its shape kept, a little narrower) to compete with the rest.
 A later stage never ends worse: where none is judged within, the model the earlier stage's judge
 found within (``settled``) stays.
 
@@ -95,14 +96,18 @@ def pick(
     1. Up to :data:`PICK_TRIES` candidates: each the first of :func:`ranked` on :func:`estimate_ms` at
        ``aim_ms`` / k (rewards within ``tie`` of the best tied) among those not judged yet, k the
        median of judged / estimated over the verdicts so far (1 at first); the first judged within wins.
-    2. Else ``project`` moves the first judged onto the predictor's region (keeping its shape), and
-       the projection is judged, up to :data:`PROJECTIONS` times.
+       Each one judged over is projected by ``project`` onto the predictor's region (keeping its shape,
+       measured and scored like any candidate), and the projection joins the candidates the next try
+       is ranked among: a best candidate judged just over competes, a little narrower, with the next
+       best instead of giving way to it.  :data:`PROJECTIONS` projections at most.
+    2. Else the last judged is projected and the projection judged, while projections are left.
     3. Else ``settled`` wins when its verdict was within (recorded as judged "earlier stage").
     4. Else the candidate judged fastest (the final verdict says it is over); with none judged, the
        first ranked.
     """
     judged: list[tuple[Candidate, Judged]] = []
     memo: dict[int, float] = {}
+    pool, made = list(cands), set[str]()  # made: the projections' policies
 
     def est(c: Candidate) -> float:
         if id(c) not in memo:
@@ -119,29 +124,40 @@ def pick(
     def verdicts() -> list[Judged]:
         return [j for _, j in judged]
 
+    def projected(c: Candidate, v: Verdict) -> None:
+        """``c``'s projection, measured and scored, joins the candidates (while projections are left)."""
+        if project is None or len(made) >= PROJECTIONS:
+            return
+        p = project(c, v)
+        if p is not None and p.policy.digest() not in {x.policy.digest() for x in pool}:
+            pool.append(p)
+            made.add(p.policy.digest())
+
     for _ in range(PICK_TRIES):
         k = statistics.median(j.verdict.ratio * scale_ms / est(c) for c, j in judged) if judged else 1.0
         tried = {j.policy for _, j in judged}
-        order = [c for c in ranked(cands, aim_ms / k, tie, est) if c.policy.digest() not in tried]
+        order = [c for c in ranked(pool, aim_ms / k, tie, est) if c.policy.digest() not in tried]
         if not order:
             break
-        if one(order[0], "ranked"):
-            return order[0], verdicts()
-    if project is not None and judged:
-        c, j = judged[0]
-        for _ in range(PROJECTIONS):
-            p = project(c, j.verdict)
-            if p is None or p.policy.digest() in {x.policy for _, x in judged}:
-                break
-            if one(p, "projected"):
-                return p, verdicts()
-            c, j = judged[-1]
+        c = order[0]
+        if one(c, "projected" if c.policy.digest() in made else "ranked"):
+            return c, verdicts()
+        projected(c, judged[-1][1].verdict)
+    while project is not None and judged and len(made) < PROJECTIONS:
+        c, j = judged[-1]
+        before = len(made)
+        projected(c, j.verdict)
+        if len(made) == before:
+            break
+        p = pool[-1]
+        if one(p, "projected"):
+            return p, verdicts()
     if settled is not None and settled[1].within:
         c, v = settled
         if on_verdict is not None:
             on_verdict(c, "earlier stage", v)
         return c, [*verdicts(), Judged(c.policy.digest(), "earlier stage", reading_ms(c), v)]
     if not judged:
-        first = ranked(cands, aim_ms, tie, est)
+        first = ranked(pool, aim_ms, tie, est)
         return (first[0] if first else None), []
     return min(judged, key=lambda t: t[1].verdict.ratio)[0], verdicts()

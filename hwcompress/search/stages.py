@@ -408,6 +408,7 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         cands = list(evaluator.state.seen.values())
         plain = next((c for c in cands if not c.error and c.measurement is not None
                       and set(c.policy.precision.values()) == {precision}), None)
+
         def predict_mix(c: Candidate) -> float:
             assert predictor is not None
             return predictor([c.policy.precision.get(st.name, "fp32") for st in steps])

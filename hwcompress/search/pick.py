@@ -34,8 +34,8 @@ from hwcompress.judge import Verdict
 from hwcompress.records import Candidate
 from hwcompress.search.state import Judged
 
-PICK_TRIES = 3  # a stage's best-ranked candidates judged before its best is projected onto the region
-PROJECTIONS = 2  # projections of stage 1's best, each judged
+PICK_TRIES = 3  # a stage's best-ranked candidates judged
+PROJECTIONS = 2  # projections of candidates judged over (stage 1), at most
 
 Estimate = Callable[[Candidate], float]
 
@@ -124,14 +124,17 @@ def pick(
     def verdicts() -> list[Judged]:
         return [j for _, j in judged]
 
-    def projected(c: Candidate, v: Verdict) -> None:
-        """``c``'s projection, measured and scored, joins the candidates (while projections are left)."""
+    def projected(c: Candidate, v: Verdict) -> Candidate | None:
+        """``c``'s projection, measured and scored, added to the candidates; None when no projection is left
+        or it is one of them already."""
         if project is None or len(made) >= PROJECTIONS:
-            return
+            return None
         p = project(c, v)
-        if p is not None and p.policy.digest() not in {x.policy.digest() for x in pool}:
-            pool.append(p)
-            made.add(p.policy.digest())
+        if p is None or p.policy.digest() in {x.policy.digest() for x in pool}:
+            return None
+        pool.append(p)
+        made.add(p.policy.digest())
+        return p
 
     for _ in range(PICK_TRIES):
         k = statistics.median(j.verdict.ratio * scale_ms / est(c) for c, j in judged) if judged else 1.0
@@ -143,13 +146,7 @@ def pick(
         if one(c, "projected" if c.policy.digest() in made else "ranked"):
             return c, verdicts()
         projected(c, judged[-1][1].verdict)
-    while project is not None and judged and len(made) < PROJECTIONS:
-        c, j = judged[-1]
-        before = len(made)
-        projected(c, j.verdict)
-        if len(made) == before:
-            break
-        p = pool[-1]
+    while judged and (p := projected(judged[-1][0], judged[-1][1].verdict)) is not None:
         if one(p, "projected"):
             return p, verdicts()
     if settled is not None and settled[1].within:

@@ -176,6 +176,25 @@ def test_quant_wall_moves_the_biggest_savers_to_the_fastest_precision() -> None:
     assert set(info["policy"].precision.values()) == {"int8"} and env.walled == 0
 
 
+def test_a_mix_judged_over_is_projected_by_the_same_wall_keeping_its_other_layers() -> None:
+    from hwcompress.search.envs import mix_wall
+    from hwcompress.search.stages import MixPredictor
+
+    speed = {"fp32": 1.0, "int8": 0.5, "fp16": 1.2}
+    predict = MixPredictor(["m0", "m1", "m2", "m3"], layer_ms=[1.0, 4.0, 2.0, 0.5], speed=speed)
+    mix = ["fp16", "fp32", "fp32", "fp16"]  # 1.2 + 4 + 2 + 0.6 = 7.8 ms
+    # judged 10 % over an aim it was predicted at: the goal is 7.8 / 1.1; one move (conv1 to int8, -2 ms) fits
+    goal = predict(mix) / 1.1
+    new, moved = mix_wall(mix, predict, goal, "int8")
+    assert (new, moved) == (["fp16", "int8", "fp32", "fp16"], 1) and predict(new) <= goal
+    assert mix == ["fp16", "fp32", "fp32", "fp16"]  # the candidate's own choice is not changed
+    # a goal no mix reaches: every layer moved, then it stops
+    new, moved = mix_wall(mix, predict, 1.0, "int8")
+    assert set(new) == {"int8"} and moved == 4
+    # already within: nothing moves (the projection then makes no new candidate)
+    assert mix_wall(mix, predict, 8.0, "int8") == (mix, 0)
+
+
 def test_budget_parsing() -> None:
     assert parse_budget("0.5x", "--latency-budget").resolve(10.0) == 5.0
     assert parse_budget("3.2ms", "--latency-budget").resolve(10.0) == 3.2

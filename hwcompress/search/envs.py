@@ -278,27 +278,16 @@ class QuantEnv(_LayerwiseEnv):
         """The policy's predicted latency (None without a predictor)."""
         return self.predict(list(choice)) if self.predict is not None else None
 
+    @property
+    def fastest(self) -> str:
+        """The precision measured fastest (the last on the action axis)."""
+        return min(self.precisions, key=lambda p: self.speed.get(p, 1.0))
+
     def _wall(self) -> None:
         self.walled = 0
-        predicted = self.predicted_ms(self.choice)
-        if predicted is None or self.budget_ms is None:
+        if self.predict is None or self.budget_ms is None:
             return
-        fastest = min(self.precisions, key=lambda p: self.speed.get(p, 1.0))
-        while predicted > self.budget_ms:
-            best: tuple[float, int] | None = None
-            for i, p in enumerate(self.choice):
-                if p == fastest:
-                    continue
-                trial = [*self.choice[:i], fastest, *self.choice[i + 1:]]
-                after = self.predicted_ms(trial)
-                assert after is not None
-                if best is None or after < best[0]:
-                    best = (after, i)
-            if best is None or best[0] >= predicted:
-                break
-            predicted, i = best
-            self.choice[i] = fastest
-            self.walled += 1
+        self.choice, self.walled = mix_wall(self.choice, self.predict, self.budget_ms, self.fastest)
 
     def _begin_episode(self) -> None:
         self.choice = []
@@ -317,3 +306,25 @@ class QuantEnv(_LayerwiseEnv):
             keep=self.base_keep,
             precision={la.name: p for la, p in zip(self.layers, self.choice, strict=True)},
         )
+
+
+def mix_wall(choice: list[str], predict: Callable[[list[str]], float], goal_ms: float, fastest: str) -> tuple[list[str], int]:
+    """HAQ's wall on a mixed-precision policy: layers moved to ``fastest``, largest predicted saving first,
+    until ``predict`` puts the mix within ``goal_ms`` (or no move saves more); the new choice and the
+    number of layers moved.  The stage-2 action wall, and the projection of a mix the judge found over."""
+    choice, moved = list(choice), 0
+    predicted = predict(choice)
+    while predicted > goal_ms:
+        best: tuple[float, int] | None = None
+        for i, p in enumerate(choice):
+            if p == fastest:
+                continue
+            after = predict([*choice[:i], fastest, *choice[i + 1:]])
+            if best is None or after < best[0]:
+                best = (after, i)
+        if best is None or best[0] >= predicted:
+            break
+        predicted, i = best
+        choice[i] = fastest
+        moved += 1
+    return choice, moved

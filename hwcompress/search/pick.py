@@ -13,7 +13,8 @@ figure and within +-10 % of it for 33 %; the higher of reading and prediction 0.
 
 Each verdict then calibrates the estimates the next try is ranked on (the median of judged /
 estimated over the verdicts so far), and a candidate judged over is projected onto the predictor's
-region (its shape kept, a little narrower) to compete with the rest.
+region (its shape kept: a little narrower in stage 1, a few more layers at the fastest precision in
+stage 2) to compete with the rest.
 A later stage never ends worse: where none is judged within, the model the earlier stage's judge
 found within (``settled``) stays.
 
@@ -35,7 +36,7 @@ from hwcompress.records import Candidate
 from hwcompress.search.state import Judged
 
 PICK_TRIES = 3  # a stage's best-ranked candidates judged
-PROJECTIONS = 2  # projections of candidates judged over (stage 1), at most
+PROJECTIONS = 2  # projections of candidates judged over, at most, per stage
 
 Estimate = Callable[[Candidate], float]
 

@@ -14,8 +14,9 @@ Stage 2 picks a precision per layer of the fine-tuned model.  Its action wall pr
 the table at the pruned model's channel counts (each layer at its precision, plus the Q/DQ
 boundaries the mix implies), the residual fitted to the uniform policies it measures first, or,
 without a table, from each layer's time times its precision's measured ratio.  Its winner is
-picked by the same judge; the uniform policy at stage 1's precision is among its candidates, so a
-stage-1 winner judged within leaves stage 2 a candidate within.
+picked by the same judge, a mix judged over projected by the same wall (the fewest layers moved to
+the fastest precision that the corrected prediction puts within); the uniform policy at stage 1's
+precision is among its candidates, so a stage-1 winner judged within leaves stage 2 a candidate within.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 
 from hwcompress.errors import BudgetError, HwcompressError
 from hwcompress.records import Candidate, CompressionPolicy
-from hwcompress.search.envs import PruneEnv, QuantEnv, StepLayer
+from hwcompress.search.envs import PruneEnv, QuantEnv, StepLayer, mix_wall
 from hwcompress.search.evaluator import PruneEvaluator, QuantEvaluator
 from hwcompress.search.latency_model import LatencyModel
 from hwcompress.search.layers import cost_model, layer_times_ms, prune_step_layers, step_kind
@@ -409,11 +410,29 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         plain = next((c for c in cands if not c.error and c.measurement is not None
                       and set(c.policy.precision.values()) == {precision}), None)
 
+        def choice_of(c: Candidate) -> list[str]:
+            return [c.policy.precision.get(st.name, "fp32") for st in steps]
+
         def predict_mix(c: Candidate) -> float:
             assert predictor is not None
-            return predictor([c.policy.precision.get(st.name, "fp32") for st in steps])
+            return predictor(choice_of(c))
 
-        best, judged = s.pick("stage 2", cands, file_of,
+        def project(c: Candidate, v: Verdict) -> Candidate | None:
+            """``c`` with the fewest layers moved to the fastest precision (the action wall) that the mix
+            predictor, corrected by what the judge measured, puts within the aim; its other layers kept."""
+            goal = predict_mix(c) * s.budget.aim / v.ratio * PROJECT_AIM
+            assert predictor is not None
+            choice, moved = mix_wall(choice_of(c), predictor, goal, env.fastest)
+            if not moved:
+                return None
+            s.reporter.message(f"stage 2: projecting the mix judged over onto the predicted region at {goal:.3f} ms "
+                               f"({moved} layer(s) to {env.fastest})")
+            got = evaluator(CompressionPolicy(keep=keep, precision={st.name: p for st, p in zip(steps, choice,
+                                                                                               strict=True)}))
+            cand = got.info["candidate"]
+            return None if cand.error else cand
+
+        best, judged = s.pick("stage 2", cands, file_of, project,
                               settled=(plain, settled) if plain is not None and settled is not None else None,
                               predict=predict_mix)
     return Stage2Report(

@@ -34,14 +34,20 @@ class FakeEval:
 
 
 @pytest.mark.parametrize("agent", ["ddpg", "td3", "sac", "ppo"])
-def test_agents_run_episodes(agent: str, tmp_path: Path) -> None:
+def test_agents_run_episodes(agent: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     ev = FakeEval()
     env = PruneEnv(_layers(), ev, channel_multiple=8)
-    runner = StageRunner("prune", env, 5, AgentConfig(name=agent, warmup_episodes=2, batch_size=8), tmp_path)
+    runner = StageRunner("prune", env, 5, AgentConfig(name=agent, warmup_episodes=2, batch_size=8), tmp_path / "ckpt")
     progress = runner.run(episodes=4)
     assert progress.episodes >= 4 and progress.finished
     assert len(ev.calls) >= 4
     assert runner.has_checkpoint()
+    assert not list(temp.glob("SB3-*"))  # no logger folder left in the temp dir (SB3 makes one per learn by default)
 
 
 def test_checkpoint_and_resume_continue(tmp_path: Path) -> None:

@@ -218,6 +218,11 @@ class StageRunner:
                     raise _StopStage
 
         assert self.agent is not None
+        # SB3's default logger makes a folder in the temp dir on every learn(), one per stage and search
+        # (hundreds in a user's /tmp); the stage reports its progress itself
+        from stable_baselines3.common.logger import Logger
+
+        self.agent.set_logger(Logger(folder=None, output_formats=[]))
         remaining = (episodes - self.progress.episodes) * self.episode_len
         try:
             self.agent.learn(

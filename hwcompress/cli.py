@@ -692,7 +692,9 @@ def _print_search_result(res: Any, summary: bool = True) -> None:
         v = j.verdict
         how = "beside the baseline" if v.reference_ms else "on fresh profiles"
         out.print(f"{stage} winner judged {how} before it was kept: {v.describe()}"
-                  + (" (projected onto the predicted region)" if j.how == "projected" else ""))
+                  + {"projected": " (projected onto the predicted region)",
+                     "earlier stage": " (stage 1's verdict on the same model: none of this stage's was within)"}
+                  .get(j.how, ""))
     pool = getattr(res, "pool", None) or {}
     if pool:
         shown = [f"{b['board']} ({b['state']}, scale {b['scale']:.3f}, {b['measured']} measurements)"

@@ -19,6 +19,7 @@ def _search_args(inputs: dict[str, Path], tmp: Path, run: str, episodes: int, qu
         sys.executable, "-m", "hwcompress", "search", "--target", "x86-cpu", "--model", "resnet-20",
         "--checkpoint", str(inputs["checkpoint"]), "--data", str(inputs["data"]),
         "--episodes", str(episodes), "--quant-episodes", str(quant), "--warmup", "2", "--finetune-epochs", "1",
+        "--recovery-steps", "10",  # the recovery's mechanics, not its 100 default steps (~4 s a candidate here)
         "--val-images", "200", "--test-images", "300", "--out", str(tmp / f"{run}-artifact"),
         "--run-dir", str(tmp / run), "--cache", str(tmp / "cache.sqlite"), "--allow-over-budget",
     ]
@@ -146,5 +147,13 @@ def test_search_killed_then_resumed_writes_its_artifact(search_inputs: dict[str,
     assert "Baseline vs result" in res.stdout and "artifact:" in res.stdout
     s1 = json.loads((tmp_path / "kill" / "stage1.json").read_text())
     assert manifest["policy"]["keep"] == s1["policy"]["keep"]
-    assert "stage 1 winner judged beside the baseline before it was kept" in res.stdout
+    shown = " ".join(res.stdout.split())  # the summary as printed, lines joined
+    from hwcompress.search.state import Stage1Report, Stage2Report
+
+    r1 = Stage1Report.from_dict(json.loads((tmp_path / "kill" / "stage1.json").read_text()))
+    r2 = Stage2Report.from_dict(json.loads((tmp_path / "kill" / "stage2.json").read_text()))
+    for name, best, judged in (("stage 1", r1.best, r1.judged), ("stage 2", r2.best, r2.judged)):
+        assert best is not None
+        kept = [j for j in judged if j.policy == best.policy.digest()][-1]  # the verdict that kept it
+        assert f"{name} winner judged beside the baseline before it was kept: {kept.verdict.describe()}" in shown
     _assert_run_records(tmp_path / "kill", manifest, after)

@@ -87,7 +87,7 @@ class SearchResult:
     latency_model_within: tuple[int, int]
     seconds: dict[str, float]
     candidates: int
-    winners: dict[str, Judged] = field(default_factory=dict)  # each stage's winner as the judge saw it
+    winners: dict[str, Judged] = field(default_factory=dict)  # each stage's winner: the verdict that kept it
     final: dict[str, Any] = field(default_factory=dict)  # the artifact judged against every budget (_accept)
     pool: dict[str, Any] = field(default_factory=dict)  # the boards of a pool as pool.json keeps them
 
@@ -409,7 +409,7 @@ class Search:
         manifest, artifact = self._artifact(model, final)
         self.seconds["artifact"] = time.monotonic() - t0
         self.seconds["total"] = time.monotonic() - t_all
-        winners = {name: next(j for j in rep.judged if rep.best and j.policy == rep.best.policy.digest())
+        winners = {name: next(j for j in reversed(rep.judged) if rep.best and j.policy == rep.best.policy.digest())
                    for name, rep in (("stage 1", s1), ("stage 2", s2))
                    if rep is not None and rep.best is not None and any(j.policy == rep.best.policy.digest()
                                                                        for j in rep.judged)}

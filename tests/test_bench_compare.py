@@ -327,7 +327,7 @@ def test_baseline_is_saved_beside_its_precision_copies_not_over_them(
 
 # --------------------------------------------------------------------------- issue 22: seeds, summary.json, resume
 SUMMARY_KEYS = {"model", "budget", "method", "seeds", "accuracy", "accuracy_mean", "accuracy_std",
-                "latency_over_budget", "met"}
+                "latency_over_budget", "met", "code"}
 
 
 def _args(tmp_path: Path, **kw: Any) -> Any:
@@ -411,6 +411,8 @@ def test_results_md_shows_mean_and_std_over_seeds_and_lists_missing_rows(tmp_pat
     assert "knapsack (HALP-style)" in goal and "+0.20 ± 0.14" in goal  # seeds 0 and 1: +0.3 and +0.1 pt
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert len(saved) == 4 and all(set(e) == SUMMARY_KEYS for e in saved)
+    assert "Code revision of the rows (rows made by an earlier invocation keep theirs): `not recorded` 11." in md
+    assert bc.code_revision()  # this checkout is a git one: every row made here records its revision
     assert len(json.loads((tmp_path / "rows.json").read_text())) == 11
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
 
@@ -424,6 +426,7 @@ def test_saved_rows_resume_and_old_rows_load_as_seed_0(tmp_path: Path, monkeypat
     bench.args = _args(tmp_path)
     bench.work = tmp_path
     bench.missing = []
+    bench.code = "abc1234"
     (tmp_path / "rows").mkdir()
     made: list[tuple[str, int]] = []
 
@@ -459,6 +462,7 @@ def test_saved_rows_resume_and_old_rows_load_as_seed_0(tmp_path: Path, monkeypat
     assert (tmp_path / "rows" / "vgg-small-0.5x-knapsack-seed1.json").exists()
     again = bench.row("vgg-small", "0.5x", bc.KNAPSACK, 1.0, 1)  # resumed: read back, not made
     assert again is not None and again.seed == 1 and len(made) == 2
+    assert again.code == "abc1234" and got.code == ""  # the revision that made a row; older rows have none
     bench.args.finetune_epochs = 1  # the same row asked with another fine-tune is made again
     assert bench.row("vgg-small", "0.5x", bc.KNAPSACK, 1.0, 1) is not None and len(made) == 3
 

@@ -164,6 +164,7 @@ class Row(Figures):
     seed: int = 0  # rows written before seeds existed are seed 0 (the old default)
     finetune_epochs: int | None = None  # None: not recorded (older rows; searches kept it in extra)
     met_seeds: list[bool] | None = None  # a row combined over seeds (:func:`combine`): each seed's verdict
+    code: str = ""  # the git revision the row was made with ("+dirty": uncommitted changes; "": not recorded)
 
     @property
     def met(self) -> bool:
@@ -201,6 +202,20 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def code_revision() -> str:
+    """This checkout's git revision, "+dirty" with uncommitted changes to the code ("" outside git)."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "hwcompress", "tools",
+                                "profilers", "targets"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{rev}+dirty" if rev and dirty.strip() else rev
+
+
 def seed_suffix(seed: int) -> str:
     """Seed 0 keeps the file names older versions wrote (their rows are seed 0)."""
     return "" if seed == 0 else f"-seed{seed}"
@@ -220,6 +235,7 @@ class Bench:
         self._splits: dict[int, Any] = {}
         self._bases: dict[tuple[str, int], Any] = {}
         self.missing: list[str] = []  # rows --saved-only found no usable saved result for, with the reason
+        self.code = code_revision()  # the code this process loaded, recorded in every row it makes
 
     def splits(self, seed: int) -> Any:
         from hwcompress.data import load_splits
@@ -283,7 +299,7 @@ class Bench:
             row = self.fitted(model, budget, method, budget_ms, seed)
         else:
             row = self.int8(model, seed)
-        row.seed = seed
+        row.seed, row.code = seed, self.code
         atomic_write_text(path, json.dumps(asdict(row), indent=2))
         return self._common(row, budget_ms)
 
@@ -1101,7 +1117,7 @@ def _over(r: Row, budget: str, base: Baseline) -> tuple[float, bool]:
 def summary(args: argparse.Namespace, results: dict[tuple[str, int], tuple[Baseline, list[Row]]]) -> list[dict[str, Any]]:
     """summary.json: one entry per (model, budget, method) with the rows made, seeds in order: ``accuracy`` per
     seed, its mean and sample std (null for one seed), ``latency_over_budget`` (the judged latency / the budget
-    - 1) and ``met`` (the judge's verdict) per seed.  The budget-free ORT all-int8 row is listed at every budget
+    - 1), ``met`` (the judge's verdict) and ``code`` (the git revision that made the row) per seed.  The budget-free ORT all-int8 row is listed at every budget
     of the grid (judged against each)."""
     grid = [f"{float(f):g}x" for f in args.budgets.split(",")]
     cells: dict[tuple[str, str, str], list[tuple[Row, Baseline]]] = {}
@@ -1116,7 +1132,8 @@ def summary(args: argparse.Namespace, results: dict[tuple[str, int], tuple[Basel
         judged = [_over(r, budget, base) for r, base in got]
         out.append({"model": model, "budget": budget, "method": NAME[method], "seeds": [r.seed for r, _ in got],
                     "accuracy": acc, "accuracy_mean": statistics.fmean(acc), "accuracy_std": _std(acc),
-                    "latency_over_budget": [o for o, _ in judged], "met": [m for _, m in judged]})
+                    "latency_over_budget": [o for o, _ in judged], "met": [m for _, m in judged],
+                    "code": [r.code for r, _ in got]})
     return out
 
 
@@ -1154,6 +1171,13 @@ def write_outputs(
         "Per-seed figures: `summary.json` and `rows.json`.\n",
         f"Reproduce: `.venv/bin/python tools/bench_compare.py {' '.join(sys.argv[1:])}`\n",
     ]
+    codes: dict[str, int] = {}
+    for _, rows in results.values():
+        for r in rows:
+            codes[r.code or "not recorded"] = codes.get(r.code or "not recorded", 0) + 1
+    if codes:
+        md.append("Code revision of the rows (rows made by an earlier invocation keep theirs): "
+                  + ", ".join(f"`{c}` {n}" for c, n in sorted(codes.items())) + ".\n")
     missing = missing_rows(args, results)
     if missing:
         md.append(f"**Missing rows** ({len(missing)} of the {len(expected_rows(args))} asked for have no result yet): "

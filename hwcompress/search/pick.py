@@ -11,8 +11,11 @@ budget runs of tools/results/search-budgets.md, the reading was a median 12 % un
 figure and within +-10 % of it for 33 %; the higher of reading and prediction 0.9 % under, within
 +-10 % for 59 %.
 
-Each verdict then calibrates the estimates the next try is ranked on (the median of judged /
-estimated over the verdicts so far), and a candidate judged over is projected onto the predictor's
+Each verdict then calibrates the estimates the ranking uses (the median of judged / estimated over
+the verdicts so far), and the winner is the top of the ranking once the judge has found it within:
+a verdict that finds the machine faster than estimated brings wider, better-rewarded candidates
+into the ranking, and they are judged before a narrower one wins.  A candidate judged over is
+projected onto the predictor's
 region (its shape kept: a little narrower in stage 1, a few more layers at the fastest precision in
 stage 2) to compete with the rest.
 A later stage never ends worse: where none is judged within, the model the earlier stage's judge
@@ -94,13 +97,17 @@ def pick(
     baseline's reading for a relative budget, 1 for an absolute one) is on the readings' scale.
     ``predict(c)``: the stage predictor's figure for ``c`` on that scale (None: none).
 
-    1. Up to :data:`PICK_TRIES` candidates: each the first of :func:`ranked` on :func:`estimate_ms` at
-       ``aim_ms`` / k (rewards within ``tie`` of the best tied) among those not judged yet, k the
-       median of judged / estimated over the verdicts so far (1 at first); the first judged within wins.
+    1. The candidates are ranked (:func:`ranked` at ``aim_ms``, rewards within ``tie`` of the best tied)
+       on their calibrated figure: the judge's for a judged one, else :func:`estimate_ms` times k, the
+       median of judged / estimated over the verdicts so far (1 at first); those judged over leave the
+       ranking.  The top one wins once the judge has found it within; until then it is judged (up to
+       :data:`PICK_TRIES` judgements).  So a first verdict that finds the machine faster than estimated
+       brings wider, better-rewarded candidates into the ranking, and they are judged before the
+       narrower one wins: the capacity the budget pays for is not given away on a slow estimate.
        Each one judged over is projected by ``project`` onto the predictor's region (keeping its shape,
-       measured and scored like any candidate), and the projection joins the candidates the next try
-       is ranked among: a best candidate judged just over competes, a little narrower, with the next
-       best instead of giving way to it.  :data:`PROJECTIONS` projections at most.
+       measured and scored like any candidate), and the projection joins the ranking: a best candidate
+       judged just over competes, a little narrower, with the next best instead of giving way to it.
+       :data:`PROJECTIONS` projections at most.  Tries spent: the best-ranked candidate judged within.
     2. Else the last judged is projected and the projection judged, while projections are left.
     3. Else ``settled`` wins when its verdict was within (recorded as judged "earlier stage").
     4. Else the candidate judged fastest (the final verdict says it is over); with none judged, the
@@ -137,16 +144,33 @@ def pick(
         made.add(p.policy.digest())
         return p
 
-    for _ in range(PICK_TRIES):
-        k = statistics.median(j.verdict.ratio * scale_ms / est(c) for c, j in judged) if judged else 1.0
-        tried = {j.policy for _, j in judged}
-        order = [c for c in ranked(pool, aim_ms / k, tie, est) if c.policy.digest() not in tried]
-        if not order:
+    def verdict_of(c: Candidate) -> Verdict | None:
+        digest = c.policy.digest()
+        return next((j.verdict for _, j in reversed(judged) if j.policy == digest), None)
+
+    def calibrated(c: Candidate) -> float:
+        """The judge's figure for a judged candidate; else its estimate times the verdicts' correction."""
+        v = verdict_of(c)
+        if v is not None:
+            return v.ratio * scale_ms
+        k = statistics.median(j.verdict.ratio * scale_ms / est(x) for x, j in judged) if judged else 1.0
+        return est(c) * k
+
+    def order() -> list[Candidate]:
+        return ranked([c for c in pool if (v := verdict_of(c)) is None or v.within], aim_ms, tie, calibrated)
+
+    tries = 0
+    while (top := next(iter(order()), None)) is not None:
+        if (v := verdict_of(top)) is not None and v.within:
+            return top, verdicts()  # the top of the ranking, confirmed by the judge
+        if tries >= PICK_TRIES:
             break
-        c = order[0]
-        if one(c, "projected" if c.policy.digest() in made else "ranked"):
-            return c, verdicts()
-        projected(c, judged[-1][1].verdict)
+        tries += 1
+        if not one(top, "projected" if top.policy.digest() in made else "ranked"):
+            projected(top, judged[-1][1].verdict)
+    inside = [c for c in order() if (v := verdict_of(c)) is not None and v.within]
+    if inside:
+        return inside[0], verdicts()  # tries spent: the best-ranked candidate the judge found within
     while judged and (p := projected(judged[-1][0], judged[-1][1].verdict)) is not None:
         if one(p, "projected"):
             return p, verdicts()

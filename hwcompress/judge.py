@@ -42,7 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MIN_PAIRS = 4
+#: Fewest pairs a verdict takes.  A small model's profile is bimodal per fresh process (per model load:
+#: tools/results/readings.md), the model's and the reference's states independent, so a pair's ratio
+#: is one of four; with 4 pairs all of the model's loads land in one state 1 time in 16 at even odds
+#: (grid seed 0, resnet-20 0.5x: a stage-2 winner judged 0.397x on 4 pairs, all fast, was 0.507x on
+#: 10 at the end); with 6, 1 in 64.
+MIN_PAIRS = 6
 MAX_PAIRS = 10
 READING_PAIRS = 3  # pairs per search reading (see Reader); the judge takes MIN_PAIRS..MAX_PAIRS
 CONFIDENCE = 0.95
@@ -164,6 +169,12 @@ class Verdict(Record):
     @property
     def pairs(self) -> int:
         return len(self.model_ms)
+
+    @property
+    def confirmed(self) -> bool:
+        """Within with confidence: the interval's high end at or under the limit.  A search keeps only a
+        candidate confirmed at its aim, so that the final verdict at the limit (the median's) holds."""
+        return self.within and self.decided
 
     def describe(self) -> str:
         how = "" if self.decided else f", undecided after {self.pairs} pairs"

@@ -74,8 +74,9 @@ def _assert_run_records(run: Path, manifest: dict[str, object], lines: list[dict
     hit, n = s1.predictions_within_10pct
     assert 0 <= hit <= n == len(prune) + len(s1.planned)  # every candidate, and the floor at each planned precision
     # each stage's winner was picked by the judge: candidates judged beside the baseline at the budget's aim,
-    # in pairs (4-10) until the interval was on one side of it; the winner is one judged within, else the
+    # in pairs (6-10) until the interval was on one side of it; the winner is one confirmed within, else the
     # fastest judged; three judgements at most, and the projections'
+    from hwcompress.judge import MAX_PAIRS, MIN_PAIRS
     from hwcompress.search.pick import PICK_TRIES, PROJECTIONS
 
     for rep in (s1, s2):
@@ -83,14 +84,14 @@ def _assert_run_records(run: Path, manifest: dict[str, object], lines: list[dict
         assert len([j for j in rep.judged if j.how != "earlier stage"]) <= PICK_TRIES + PROJECTIONS
         for j in rep.judged:
             v = j.verdict
-            assert 4 <= v.pairs <= 10 and len(v.reference_ms) == v.pairs and v.limit == budget.aim
+            assert MIN_PAIRS <= v.pairs <= MAX_PAIRS and len(v.reference_ms) == v.pairs and v.limit == budget.aim
             assert v.decided or v.pairs == 10
             assert v.within == (v.ratio <= v.limit)
         mine = [j for j in rep.judged if j.policy == rep.best.policy.digest()]
         assert mine, "the winner was judged"
-        assert rep.within == any(j.verdict.within for j in rep.judged)
-        if rep.within:  # the top of the ranking once judged within (tests/test_search_state.py: which one)
-            assert mine[-1].verdict.within
+        assert rep.within == any(j.verdict.confirmed for j in rep.judged)
+        if rep.within:  # the top of the ranking once confirmed within (tests/test_search_state.py: which one)
+            assert mine[-1].verdict.confirmed
         else:
             assert mine[-1].verdict.ratio == min(j.verdict.ratio for j in rep.judged)
     assert s2.policy.keep == s1.policy.keep

@@ -171,6 +171,27 @@ def _judge(ratios: dict[str, float], limit: float = 0.5) -> tuple[list[str], Any
     return calls, judge
 
 
+def test_a_median_within_whose_interval_crosses_the_aim_counts_as_over() -> None:
+    # "a"'s median (0.48) is under the 0.5 aim but its interval (0.40-0.56) is not: it is projected, and the
+    # projection, confirmed within, wins; "b" never needed judging
+    shaky = Verdict(ratio=0.48, ci_low=0.40, ci_high=0.56, limit=0.5, within=True, decided=False,
+                    model_ms=(0.48,) * 10, reference_ms=(1.0,) * 10)
+    assert shaky.within and not shaky.confirmed and verdict(0.45).confirmed
+    cands = [cand("a", 0.47, 0.91), cand("b", 0.30, 0.85)]
+    calls: list[str] = []
+
+    def judge(c: Candidate) -> Verdict:
+        calls.append(next(iter(c.policy.keep)))
+        return shaky if calls[-1] == "a" else verdict(0.45)
+
+    best, judged = pick(cands, judge, aim_ms=0.5, scale_ms=1.0, project=lambda c, v: cand("p", 0.44, 0.905))
+    assert calls == ["a", "p"] and best is not None and best.policy.keep == {"p": 0.5}
+    assert [j.verdict.within for j in judged] == [True, True] and [j.how for j in judged] == ["ranked", "projected"]
+    # nothing else to judge: the earlier stage's model, confirmed, stays rather than the shaky one
+    best, _ = pick(cands[:1], judge, aim_ms=0.5, scale_ms=1.0, settled=(cand("s", 0.4, 0.8), verdict(0.42)))
+    assert best is not None and best.policy.keep == {"s": 0.5}
+
+
 def test_pick_takes_the_best_rewarded_candidate_the_judge_finds_within() -> None:
     cands = [cand("a", 0.48, 0.9), cand("b", 0.40, 0.8), cand("c", 0.7, 0.99)]
     calls, judge = _judge({"a": 0.49, "b": 0.41, "c": 0.7})

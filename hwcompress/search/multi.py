@@ -194,7 +194,7 @@ class MultiSearch:
         assert best is not None
         lead_s1 = Stage1Report.from_dict(json.loads((lead.run_dir / "stage1.json").read_text()))
         report = Stage1Report(
-            policy=best.policy, best=best, within=any(j.verdict.within for j in judged),
+            policy=best.policy, best=best, within=any(j.verdict.confirmed for j in judged),
             precision=best.policy.default_precision, planned=(best.policy.default_precision,), precision_ratios={},
             region=f"shared with {self.keys[0]}", candidates=len(cands), failures=lead_s1.failures, judged=tuple(judged),
         )

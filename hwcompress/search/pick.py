@@ -21,6 +21,11 @@ stage 2) to compete with the rest.
 A later stage never ends worse: where none is judged within, the model the earlier stage's judge
 found within (``settled``) stays.
 
+"Judged within" means confirmed (:attr:`hwcompress.judge.Verdict.confirmed`): the verdict's 95 %
+interval lies under the aim.  A median under the aim with an interval across it counts as over: the
+stage must keep a model the final verdict at the limit will find within, and on a device whose
+profiles are bimodal per load (tools/results/readings.md) a median of a few pairs is not that.
+
 Rewards closer than their own noise do not rank: among the candidates estimated within whose reward
 is within ``tie`` of the best (the search passes one standard error of an accuracy on its validation
 images, :func:`tie_margin`), the one estimated slowest (the most capacity the budget allows) is
@@ -127,7 +132,7 @@ def pick(
         judged.append((c, Judged(policy=c.policy.digest(), how=how, reading_ms=reading_ms(c), verdict=v)))
         if on_verdict is not None:
             on_verdict(c, how, v)
-        return v.within
+        return v.confirmed
 
     def verdicts() -> list[Judged]:
         return [j for _, j in judged]
@@ -157,24 +162,24 @@ def pick(
         return est(c) * k
 
     def order() -> list[Candidate]:
-        return ranked([c for c in pool if (v := verdict_of(c)) is None or v.within], aim_ms, tie, calibrated)
+        return ranked([c for c in pool if (v := verdict_of(c)) is None or v.confirmed], aim_ms, tie, calibrated)
 
     tries = 0
     while (top := next(iter(order()), None)) is not None:
-        if (v := verdict_of(top)) is not None and v.within:
+        if (v := verdict_of(top)) is not None and v.confirmed:
             return top, verdicts()  # the top of the ranking, confirmed by the judge
         if tries >= PICK_TRIES:
             break
         tries += 1
         if not one(top, "projected" if top.policy.digest() in made else "ranked"):
             projected(top, judged[-1][1].verdict)
-    inside = [c for c in order() if (v := verdict_of(c)) is not None and v.within]
+    inside = [c for c in order() if (v := verdict_of(c)) is not None and v.confirmed]
     if inside:
         return inside[0], verdicts()  # tries spent: the best-ranked candidate the judge found within
     while judged and (p := projected(judged[-1][0], judged[-1][1].verdict)) is not None:
         if one(p, "projected"):
             return p, verdicts()
-    if settled is not None and settled[1].within:
+    if settled is not None and settled[1].confirmed:
         c, v = settled
         if on_verdict is not None:
             on_verdict(c, "earlier stage", v)

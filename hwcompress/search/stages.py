@@ -265,7 +265,7 @@ def run_stage1(s: Search) -> Stage1Report:
     within_rate = region.within(0.10) if measured else (0, 0)
     return Stage1Report(
         policy=best.policy if best else CompressionPolicy(), best=best,
-        within=any(j.verdict.within for j in judged) if measured else evaluator.state.best_within,
+        within=any(j.verdict.confirmed for j in judged) if measured else evaluator.state.best_within,
         precision=best.policy.default_precision if best else "fp32", planned=tuple(region.precisions),
         precision_ratios=ratios, region=kind, candidates=evaluator.state.evaluated,
         failures=evaluator.state.failures, predictions_within_10pct=within_rate, table=table_info, judged=tuple(judged),
@@ -437,7 +437,7 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
                               predict=predict_mix)
     return Stage2Report(
         policy=best.policy if best else CompressionPolicy(keep=keep), best=best,
-        within=any(j.verdict.within for j in judged) if measured else evaluator.state.best_within,
+        within=any(j.verdict.confirmed for j in judged) if measured else evaluator.state.best_within,
         fp32_ms=ref.latency.median_ms, precision_ratios=speed, action_order=tuple(env.precisions),
         predictor=predictor.kind if predictor else "", candidates=evaluator.state.evaluated,
         failures=evaluator.state.failures, judged=tuple(judged),

@@ -15,7 +15,10 @@ fitted by :func:`fit_knob` with :func:`largest_within` (the code base's one line
 point built, written as the target runs it, and measured on the target, so the result is the
 least-pruned model of that family whose *measured* latency meets the budget — the fairest
 version of the method, not a proxy-sized one.  NetAdapt finds each proposal's count with the same
-line search.
+line search.  Every method takes ``read``, how a device file's latency is read (ms on the budget's
+scale): by default one :func:`~hwcompress.profiling.measure.measure` through the cache; a comparison
+passes the search's own :class:`~hwcompress.judge.Reader` (pairs beside the baseline), so that
+every method meets the budget by the rule the search meets it by.
 """
 
 from __future__ import annotations
@@ -41,6 +44,17 @@ if TYPE_CHECKING:
     from hwcompress.search.region import TableRegion
 
 log = logging.getLogger(__name__)
+
+ReadMs = Callable[[Path], float]  # a device file's latency in ms, on the budget's scale
+
+
+def _reader(target: Target, cache: MeasurementCache | None, read: ReadMs | None) -> ReadMs:
+    """``read``, or one measurement through ``cache``."""
+    if read is not None:
+        return read
+    from hwcompress.profiling.measure import measure
+
+    return lambda path: measure(path, target, cache=cache).latency.median_ms
 
 METHODS = ("uniform", "global-magnitude", "uniform+int8")  # fitted by fit_to_latency
 PRECISION = {"uniform": "fp32", "global-magnitude": "fp32", "uniform+int8": "int8"}  # what each is measured as
@@ -169,13 +183,14 @@ def fit_knob(
     precision: str = "fp32",
     calib_x: np.ndarray | None = None,
     cache: MeasurementCache | None = None,
+    read: ReadMs | None = None,
 ) -> Fitted:
     """The largest knob in [``lo``, ``hi``] whose model, ``build(knob)`` written at ``precision``
-    (:func:`device_file`), measures within ``budget_ms`` on ``target``: :func:`largest_within`, ``steps``
-    probes; a knob ``build`` cannot make (PolicyError) counts as too far (the search looks higher).
+    (:func:`device_file`), reads within ``budget_ms`` on ``target`` (``read``, default one measurement
+    through ``cache``): :func:`largest_within`, ``steps`` probes; a knob ``build`` cannot make
+    (PolicyError) counts as too far (the search looks higher).
     Not met: the smallest knob tried, ``met=False``.  PolicyError when no point could be built."""
-    from hwcompress.profiling.measure import measure
-
+    read_ms = _reader(target, cache, read)
     workdir.mkdir(parents=True, exist_ok=True)
     tried: dict[float, tuple[nn.Module, float, Path]] = {}  # knob -> (model, measured ms, file)
 
@@ -186,7 +201,7 @@ def fit_knob(
             log.info("%s at %.4f: %s", method, knob, exc)
             return None
         path = device_file(pruned, input_shape, _stem(workdir, method, knob), target, precision, calib_x)
-        ms = measure(path, target, cache=cache).latency.median_ms
+        ms = read_ms(path)
         log.info("%s knob %.4f: %.3f ms (budget %.3f)", method, knob, ms, budget_ms)
         tried[knob] = (pruned, ms, path)
         return ms
@@ -214,6 +229,7 @@ def fit_to_latency(
     steps: int = 7,
     lowest: float = 0.05,
     calib_x: np.ndarray | None = None,
+    read: ReadMs | None = None,
 ) -> Fitted:
     """One of :data:`METHODS` fitted by :func:`fit_knob`, its knob in [``lowest``, 1], measured at the
     method's precision (:data:`PRECISION`; ``uniform+int8`` needs ``calib_x``, real images
@@ -223,7 +239,7 @@ def fit_to_latency(
     if precision != "fp32" and (calib_x is None or len(calib_x) == 0):
         raise PolicyError(f"{method} needs calibration images (calib_x) for its {precision} model")
     return fit_knob(method, build, input_shape, target, budget_ms, workdir, lo=lowest, steps=steps,
-                    precision=precision, calib_x=calib_x, cache=cache)
+                    precision=precision, calib_x=calib_x, cache=cache, read=read)
 
 
 def fit_knapsack(
@@ -237,6 +253,7 @@ def fit_knapsack(
     importance: Sequence[np.ndarray],
     cache: MeasurementCache | None = None,
     steps: int = 7,
+    read: ReadMs | None = None,
 ) -> Fitted:
     """HALP-style knapsack pruning fitted to a measured budget.
 
@@ -268,7 +285,7 @@ def fit_knapsack(
         return apply_policy(model, CompressionPolicy(), input_shape, counts=counts, scores=scores)
 
     fit = fit_knob("knapsack", build, input_shape, target, budget_ms, workdir, lo=min(floor / full, 1.0),
-                   steps=steps, cache=cache)
+                   steps=steps, cache=cache, read=read)
     sol = solved[fit.knob]
     info = {"keep": {g.name: float(k) for g, k in zip(groups, sol.keep, strict=True)},
             "predicted_ms": sol.predicted, "importance_kept": sol.importance / sol.total if sol.total > 0 else 1.0,
@@ -299,6 +316,7 @@ def netadapt(
     val_limit: int | None = 2000,
     bn_batches: int = 8,
     recover: Callable[[nn.Module], None] | None = None,
+    read: ReadMs | None = None,
 ) -> Fitted:
     """NetAdapt-style greedy pruning (Yang et al. 2018) to a measured latency budget.
 
@@ -307,7 +325,7 @@ def netadapt(
     the largest channel count (on the target's channel multiple, at least ``lower_bound`` of the
     group's original width, below its current count) whose *measured* latency — the current model
     with that group pruned (L1 group magnitude), written as the target runs it, profiled through
-    :func:`~hwcompress.profiling.measure.measure` and ``cache`` — meets the target: the count found by
+    :func:`~hwcompress.profiling.measure.measure` and ``cache``, or ``read`` — meets the target: the count found by
     :func:`largest_within` over the group's counts.  Each proposal gets short-term recovery (batch-
     norm statistics re-estimated on ``bn_batches`` training batches, then ``recover(model)`` when
     given, e.g. a few distillation steps) and is scored on the first ``val_limit`` validation images;
@@ -336,15 +354,14 @@ def netadapt(
     val = splits.val.head(val_limit)
     taken = 0
 
+    read_ms = _reader(target, cache, read)
+
     def timed(net: nn.Module, name: str) -> float:
         nonlocal taken
         if taken >= max_measurements:
             raise _Exhausted
-        from hwcompress.profiling.measure import measure
-
         taken += 1
-        path = device_file(net, input_shape, workdir / name, target)
-        return measure(path, target, cache=cache).latency.median_ms
+        return read_ms(device_file(net, input_shape, workdir / name, target))
 
     def recovered(net: nn.Module) -> float:
         recalibrate_bn(net, splits.train.x, bn_batches)

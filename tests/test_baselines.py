@@ -41,6 +41,30 @@ def test_fit_meets_a_measured_budget(method: str, wide_vgg: object, tmp_path: Pa
     assert sum(1 for _ in (tmp_path / "w").glob("*.onnx")) == fit.measured
 
 
+def test_fit_reads_through_the_searchs_reader_when_given(wide_vgg: object, tmp_path: Path) -> None:
+    """bench_compare fits every method with the search's Reader (pairs beside the baseline, on its scale):
+    each probe is read that way, none through a plain measurement."""
+    from hwcompress.export import export_onnx
+    from hwcompress.judge import Reader
+    from hwcompress.profiling.measure import measure
+
+    target = load_target("x86-cpu")
+    base = export_onnx(wide_vgg, SHAPE, tmp_path / "base.onnx")  # type: ignore[arg-type]
+    base_ms = measure(base, target).latency.median_ms
+    reader = Reader(target, base, base_ms, pairs=1)
+    read: dict[str, float] = {}
+
+    def through_reader(path: Path) -> float:
+        read[path.name] = reader.read(path).latency.median_ms
+        return read[path.name]
+
+    fit = fit_to_latency("uniform", wide_vgg, SHAPE, target, 0.5 * base_ms, tmp_path / "w", steps=4,  # type: ignore[arg-type]
+                         read=through_reader)
+    assert len(read) == fit.measured == sum(1 for _ in (tmp_path / "w").glob("*.onnx"))
+    assert fit.file is not None and fit.latency_ms == read[fit.file.name]
+    assert fit.met == (fit.latency_ms <= 0.5 * base_ms)
+
+
 def test_unreachable_budget_returns_smallest_and_says_so(wide_vgg: object, tmp_path: Path) -> None:
     fit = fit_to_latency("uniform", wide_vgg, SHAPE, load_target("x86-cpu"), 1e-6, tmp_path, steps=3)  # type: ignore[arg-type]
     assert not fit.met

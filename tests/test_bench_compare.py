@@ -434,6 +434,7 @@ def test_saved_rows_resume_and_old_rows_load_as_seed_0(tmp_path: Path, monkeypat
         made.append((method, seed))
         r = _seeded(method, 0.9, seed, 0.4)
         r.finetune_epochs = 3
+        r.extra["fit_read"] = bc.FIT_READ
         return r
 
     monkeypatch.setattr(bench, "fitted", fake)
@@ -465,6 +466,11 @@ def test_saved_rows_resume_and_old_rows_load_as_seed_0(tmp_path: Path, monkeypat
     assert again.code == "abc1234" and got.code == ""  # the revision that made a row; older rows have none
     bench.args.finetune_epochs = 1  # the same row asked with another fine-tune is made again
     assert bench.row("vgg-small", "0.5x", bc.KNAPSACK, 1.0, 1) is not None and len(made) == 3
+    # a fitted row whose points were plain measurements (before the fits read beside the baseline) is redone
+    plain = asdict(_seeded(bc.UNIFORM, 0.91, 2, 0.4)) | {"finetune_epochs": 1}
+    (tmp_path / "rows" / "vgg-small-0.5x-uniform-seed2.json").write_text(json.dumps(plain))
+    assert bench._stale(bc.Row(**plain), bc.UNIFORM).startswith("it was fitted on plain measurements")
+    assert bench.row("vgg-small", "0.5x", bc.UNIFORM, 1.0, 2) is not None and made[-1] == (bc.UNIFORM, 2)
 
 
 def test_cli_refuses_the_removed_seed_flag_and_takes_summary_names(tmp_path: Path) -> None:

@@ -15,9 +15,8 @@ Each verdict then calibrates the estimates the ranking uses (the median of judge
 the verdicts so far), and the winner is the top of the ranking once the judge has found it within:
 a verdict that finds the machine faster than estimated brings wider, better-rewarded candidates
 into the ranking, and they are judged before a narrower one wins.  A candidate judged over is
-projected onto the predictor's
-region (its shape kept: a little narrower in stage 1, a few more layers at the fastest precision in
-stage 2) to compete with the rest.
+projected onto the predictor's region (its shape kept: a little narrower in stage 1, a few more
+layers at the fastest precision in stage 2) to compete with the rest.
 A later stage never ends worse: where none is judged within, the model the earlier stage's judge
 found within (``settled``) stays.
 
@@ -153,15 +152,15 @@ def pick(
         digest = c.policy.digest()
         return next((j.verdict for _, j in reversed(judged) if j.policy == digest), None)
 
-    def calibrated(c: Candidate) -> float:
-        """The judge's figure for a judged candidate; else its estimate times the verdicts' correction."""
-        v = verdict_of(c)
-        if v is not None:
-            return v.ratio * scale_ms
-        k = statistics.median(j.verdict.ratio * scale_ms / est(x) for x, j in judged) if judged else 1.0
-        return est(c) * k
-
     def order() -> list[Candidate]:
+        """The ranking now: judged over left out; each candidate on its calibrated figure (the judge's for a
+        judged one, else its estimate times k, the verdicts' correction)."""
+        k = statistics.median(j.verdict.ratio * scale_ms / est(x) for x, j in judged) if judged else 1.0
+
+        def calibrated(c: Candidate) -> float:
+            v = verdict_of(c)
+            return v.ratio * scale_ms if v is not None else est(c) * k
+
         return ranked([c for c in pool if (v := verdict_of(c)) is None or v.confirmed], aim_ms, tie, calibrated)
 
     tries = 0

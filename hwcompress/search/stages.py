@@ -251,7 +251,7 @@ def run_stage1(s: Search) -> Stage1Report:
 
         def project(c: Candidate, v: Verdict) -> Candidate | None:
             keep = evaluator.keep_vector(c.policy)
-            goal = region.predict(keep) * s.budget.aim / v.ratio * PROJECT_AIM
+            goal = region.predict(keep) * s.budget.aim / v.ci_high * PROJECT_AIM  # confirmed: the high end within
             new = region.project(keep, goal)
             policy = CompressionPolicy(keep={st.name: float(k) for st, k in zip(steps, new, strict=True) if k < 1.0})
             s.reporter.message(f"stage 1: projecting the best candidate onto the predicted region at {goal:.3f} ms")
@@ -420,7 +420,7 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         def project(c: Candidate, v: Verdict) -> Candidate | None:
             """``c`` with the fewest layers moved to the fastest precision (the action wall) that the mix
             predictor, corrected by what the judge measured, puts within the aim; its other layers kept."""
-            goal = predict_mix(c) * s.budget.aim / v.ratio * PROJECT_AIM
+            goal = predict_mix(c) * s.budget.aim / v.ci_high * PROJECT_AIM  # confirmed: the high end within
             assert predictor is not None
             choice, moved = mix_wall(choice_of(c), predictor, goal, env.fastest)
             if not moved:

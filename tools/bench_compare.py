@@ -78,6 +78,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -1190,10 +1191,7 @@ def write_outputs(
         "Per-seed figures: `summary.json` and `rows.json`.\n",
         f"Reproduce: `.venv/bin/python tools/bench_compare.py {' '.join(sys.argv[1:])}`\n",
     ]
-    codes: dict[str, int] = {}
-    for _, rows in results.values():
-        for r in rows:
-            codes[r.code or "not recorded"] = codes.get(r.code or "not recorded", 0) + 1
+    codes = Counter(r.code or "not recorded" for _, rows in results.values() for r in rows)
     if codes:
         md.append("Code revision of the rows (rows made by an earlier invocation keep theirs): "
                   + ", ".join(f"`{c}` {n}" for c, n in sorted(codes.items())) + ".\n")

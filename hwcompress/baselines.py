@@ -16,9 +16,11 @@ point built, written as the target runs it, and measured on the target, so the r
 least-pruned model of that family whose *measured* latency meets the budget — the fairest
 version of the method, not a proxy-sized one.  NetAdapt finds each proposal's count with the same
 line search.  Every method takes ``read``, how a device file's latency is read (ms on the budget's
-scale): by default one :func:`~hwcompress.profiling.measure.measure` through the cache; a comparison
-passes the search's own :class:`~hwcompress.judge.Reader` (pairs beside the baseline), so that
-every method meets the budget by the rule the search meets it by.
+scale): by default one :func:`~hwcompress.profiling.measure.measure` through the cache.  A comparison
+holds every method to the rule the search keeps its winner by: it passes a ``read`` that returns the
+judge's confirmation figure (the high end of its interval, within the budget exactly when the judge
+*confirms* the point within), and NetAdapt, whose hundreds of proposals cannot each be judged, reads
+them on one pair beside the baseline and has its end point confirmed (``confirm``) before it stops.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Fitted:
 
     ``knob``: what was fitted (:data:`KNOB`); ``model``: the pruned torch model (fp32; a
     ``uniform+int8`` row quantizes it); ``latency_ms``: its measurement as the target runs it
-    (``file``: fp32 ONNX, or the int8 QDQ model; None for netadapt); ``met``: that measurement is within the budget
+    (``file``: fp32 ONNX, or the int8 QDQ model); ``met``: that measurement is within the budget
     (False: the smallest point tried, still over); ``measured``: models profiled; ``info``: what
     else the method reports (knapsack: importance kept, predicted ms; netadapt: its iterations).
     """
@@ -317,6 +319,7 @@ def netadapt(
     bn_batches: int = 8,
     recover: Callable[[nn.Module], None] | None = None,
     read: ReadMs | None = None,
+    confirm: ReadMs | None = None,
 ) -> Fitted:
     """NetAdapt-style greedy pruning (Yang et al. 2018) to a measured latency budget.
 
@@ -334,8 +337,15 @@ def netadapt(
     accuracy per ms saved is kept (the most accurate one where none reads faster than the current
     model: its one reading was then a fast outlier).  Repeats until the current model measures within ``budget_ms``, no
     group can shrink, or ``max_measurements`` profiles were taken (the iteration in flight then
-    decides among the proposals it has).  ``knob``: iterations made; ``measured``: profiles taken;
-    ``info['history']``: per iteration, the group pruned, its new count, the measured ms and score.
+    decides among the proposals it has).
+
+    ``confirm``: a careful reading of the model that read within (e.g. the judge's confirmation
+    figure).  The greedy step keeps the best of many quick readings, so the one that reads within is
+    often a lucky one: with ``confirm`` the loop stops only where the confirmation is within too; where
+    it is over, its figure replaces the reading and the pruning goes on (each confirmation counts as
+    one of ``max_measurements``; met only when confirmed).  ``knob``: iterations made; ``measured``:
+    profiles taken; ``info['history']``: per iteration, the group pruned, its new count, the measured
+    ms and score (and ``confirm_ms`` where its model was confirmed); ``info['confirmed']``.
     """
     from hwcompress.evaluate import accuracy, torch_threads
     from hwcompress.knapsack import choice_count
@@ -356,12 +366,24 @@ def netadapt(
 
     read_ms = _reader(target, cache, read)
 
+    files: dict[int, Path] = {}  # id(model) -> its device file
+
     def timed(net: nn.Module, name: str) -> float:
         nonlocal taken
         if taken >= max_measurements:
             raise _Exhausted
         taken += 1
-        return read_ms(device_file(net, input_shape, workdir / name, target))
+        files[id(net)] = path = device_file(net, input_shape, workdir / name, target)
+        return read_ms(path)
+
+    def confirmed_ms(net: nn.Module, reading: float) -> float:
+        nonlocal taken
+        if confirm is None:
+            return reading
+        if taken >= max_measurements:
+            raise _Exhausted
+        taken += 1
+        return confirm(files[id(net)])
 
     def recovered(net: nn.Module) -> float:
         recalibrate_bn(net, splits.train.x, bn_batches)
@@ -395,8 +417,22 @@ def netadapt(
         base_ms = cur_ms = timed(current, "netadapt-start")
         cur_score: float | None = None
         history: list[dict[str, Any]] = []
-        exhausted = False
-        while cur_ms > budget_ms and not exhausted:
+        exhausted = confirmed = False
+        while not exhausted:
+            if cur_ms <= budget_ms:  # read within: confirmed, or the confirmation's figure goes on
+                try:
+                    check = confirmed_ms(current, cur_ms)
+                except _Exhausted:
+                    exhausted = True
+                    break
+                if confirm is not None:
+                    log.info("netadapt: %.3f ms read within %.3f ms; confirmation %.3f ms", cur_ms, budget_ms, check)
+                    if history:
+                        history[-1]["confirm_ms"] = check
+                cur_ms = check
+                if check <= budget_ms:
+                    confirmed = True
+                    break
             goal = max(budget_ms, cur_ms - step * base_ms)
             met: list[Proposal] = []
             fastest: list[Proposal] = []
@@ -435,5 +471,7 @@ def netadapt(
             log.info("netadapt iteration %d: %s -> %d channels, %.3f ms (goal %.3f, budget %.3f), score %.4f",
                      len(history), name, c, ms, goal, budget_ms, score)
     current.eval()
-    info = {"history": history, "counts": dict(counts), "exhausted": exhausted, "base_ms": base_ms}
-    return Fitted("netadapt", float(len(history)), current, cur_ms, cur_ms <= budget_ms, taken, None, info)
+    reached = confirmed if confirm is not None else cur_ms <= budget_ms  # (the bound may stop it after a last step)
+    info = {"history": history, "counts": dict(counts), "exhausted": exhausted, "base_ms": base_ms,
+            "confirmed": confirmed}
+    return Fitted("netadapt", float(len(history)), current, cur_ms, reached, taken, files.get(id(current)), info)

@@ -259,3 +259,34 @@ def test_netadapt_stops_at_its_measurement_bound(wide_vgg: object, fmnist_small:
                    val_limit=100)
     assert fit.measured == 4 and not fit.met and fit.info["exhausted"]
     assert len(list(tmp_path.glob("*.onnx"))) == 4  # the start and three proposals' probes: nothing more profiled
+
+
+def test_netadapt_goes_on_where_its_end_point_is_not_confirmed(wide_vgg: object, fmnist_small: object,
+                                                               tmp_path: Path) -> None:
+    """The greedy step keeps the best of many quick readings, so the model that first reads within may be a
+    lucky reading: a confirmation that finds it over sends the pruning on, and only a confirmed model stops it."""
+    import dataclasses
+
+    from hwcompress.baselines import netadapt
+    from hwcompress.export import export_onnx
+    from hwcompress.profiling.measure import measure
+
+    target = dataclasses.replace(_quick(load_target("x86-cpu")), channel_multiple=32)
+    base = export_onnx(wide_vgg, SHAPE, tmp_path / "base.onnx")  # type: ignore[arg-type]
+    budget = 0.7 * min(measure(base, target, force=r > 0).latency.median_ms for r in range(3))
+    confirmations: list[tuple[Path, float]] = []
+
+    def confirm(path: Path) -> float:  # the first end point is found over (as the judge found NetAdapt's), then real
+        ms = budget * 1.25 if not confirmations else measure(path, target, force=True).latency.median_ms
+        confirmations.append((path, ms))
+        return ms
+
+    fit = netadapt(wide_vgg, SHAPE, target, budget, tmp_path / "w", splits=fmnist_small, step=0.15,  # type: ignore[arg-type]
+                   max_measurements=160, val_limit=200, confirm=confirm)
+    assert len(confirmations) >= 2 and fit.met and fit.info["confirmed"]
+    first, last = confirmations[0][0], confirmations[-1][0]
+    assert first != last and fit.file == last and fit.latency_ms == confirmations[-1][1] <= budget
+    history = fit.info["history"]
+    refused = [i for i, h in enumerate(history) if h.get("confirm_ms") == budget * 1.25]
+    assert len(refused) == 1 and refused[0] < len(history) - 1  # pruning went on after the refused end point
+    assert history[-1]["confirm_ms"] == fit.latency_ms

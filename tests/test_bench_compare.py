@@ -471,6 +471,10 @@ def test_saved_rows_resume_and_old_rows_load_as_seed_0(tmp_path: Path, monkeypat
     (tmp_path / "rows" / "vgg-small-0.5x-uniform-seed2.json").write_text(json.dumps(plain))
     assert bench._stale(bc.Row(**plain), bc.UNIFORM).startswith("it was fitted on plain measurements")
     assert bench.row("vgg-small", "0.5x", bc.UNIFORM, 1.0, 2) is not None and made[-1] == (bc.UNIFORM, 2)
+    # so is one fitted on readings the judge had not confirmed (before 2026-12-07)
+    read = plain | {"extra": {"finetune_epochs": 1, "fit_read": "readings beside the baseline"}}
+    assert bench._stale(bc.Row(**read), bc.UNIFORM).startswith("it was fitted on readings beside the baseline")
+    assert bench._stale(bc.Row(**(plain | {"extra": {"finetune_epochs": 1, "fit_read": bc.FIT_READ}})), bc.UNIFORM) == ""
 
 
 def test_cli_refuses_the_removed_seed_flag_and_takes_summary_names(tmp_path: Path) -> None:

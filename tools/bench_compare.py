@@ -18,12 +18,13 @@ fine-tune (--finetune-epochs, 3) for every method that trains:
 * ``ORT all-int8``      ONNX Runtime static INT8 (QDQ) of the unpruned model (no search, no training).
 
 The fitted methods (uniform, global magnitude, knapsack, NetAdapt, uniform + int8) live in
-:mod:`hwcompress.baselines`; every point they try is read as the search reads its candidates
-(:class:`hwcompress.judge.Reader`: ABBA pairs beside the fp32 baseline, on the scale of the baseline
-latency the budget is a fraction of; NetAdapt's hundreds of proposals one pair each), so each meets
-the budget by the search's rule.  (Until 2026-12-06 they read plain measurements in milliseconds
-against the baseline's fastest start profile: on this VM a uniform fit read 0.193 ms for a 0.199 ms
-budget and was judged 0.625x at the end; rows fitted so are redone.)  On VGG-small a ``hwcompress headline`` row adds the seed paper's goal:
+:mod:`hwcompress.baselines`; each keeps a point only where the judge *confirms* it within the budget,
+the rule the search keeps its winner by: every point of a line search is judged beside the fp32
+baseline (6-10 ABBA pairs, the interval's high end within the budget's fraction); NetAdapt reads its
+hundreds of proposals on one pair each and has the model that reads within confirmed, pruning on
+where it is not.  (Until 2026-12-06 the fits read plain measurements against the baseline's fastest
+start profile, then until 2026-12-07 three pairs' median: points fitted on the edge were judged
+0.50-0.57x for a 0.5x budget, NetAdapt's luckiest one-pair reading 0.735x; rows fitted so are redone.)  On VGG-small a ``hwcompress headline`` row adds the seed paper's goal:
 latency 0.2x and file 0.05x (with --headline-finetune-epochs, default 3).
 
 Seeds (--seeds, default 0,1,2): a seed sets the data split (and so the trained baseline, cached per
@@ -122,7 +123,7 @@ NAME = {  # the method's name in summary.json (and accepted by --methods beside 
     INT8: "ort-int8",
     HEADLINE: "hwcompress-headline",
 }
-FIT_READ = "readings beside the baseline"  # how fitted methods read their points (rows record it)
+FIT_READ = "confirmed by the judge"  # how fitted methods read their points (rows record it)
 BASELINE_ROUNDS = 5  # fresh pairs of each model's baseline with each of its precision copies, before the rows
 DEFAULT_SEEDS = "0,1,2"
 DEFAULT_FINETUNE_EPOCHS = 3
@@ -272,7 +273,7 @@ class Bench:
 
     def _stale(self, saved: Row, method: str) -> str:
         """Why a saved row cannot stand for this run ('' when it can): it was fine-tuned otherwise, or (a fitted
-        method) fitted on plain measurements instead of readings beside the baseline."""
+        method) fitted by an older rule than the judge's confirmation."""
         if method == INT8:
             return ""
         want = self.args.headline_finetune_epochs if method == HEADLINE else self.args.finetune_epochs
@@ -282,7 +283,8 @@ class Bench:
         if got != want:
             return f"it was fine-tuned {got} epoch(s); this run fine-tunes {want}"
         if method in FITTED and saved.extra.get("fit_read") != FIT_READ:
-            return f"it was fitted on plain measurements (an older bench_compare); this run fits on {FIT_READ}"
+            how = saved.extra.get("fit_read") or "plain measurements"
+            return f"it was fitted on {how} (an older bench_compare); this run's fits are {FIT_READ}"
         return ""
 
     def row(self, model: str, budget: str, method: str, budget_ms: float, seed: int = 0) -> Row | None:
@@ -575,17 +577,26 @@ class Bench:
     def fit(self, model: str, method: str, budget_ms: float, workdir: Path, seed: int) -> Any:
         """The fitted method's :class:`hwcompress.baselines.Fitted` model at ``budget_ms`` (before fine-tuning)."""
         from hwcompress import baselines
-        from hwcompress.judge import READING_PAIRS, Reader
+        from hwcompress.judge import Reader, judge
 
         net, splits, shape = self.trained(model, seed).model, self.splits(seed), self.shape(seed)
         base = self.baseline(model, seed)
-        # every point is read as the search reads its candidates: ABBA pairs beside the fp32 baseline, on the
-        # scale of the baseline's latency the budget is a fraction of (NetAdapt's hundreds of proposals: 1 pair)
-        reader = Reader(self.target, self.folder(model, seed) / "baseline.onnx", base.latency_ms,
-                        pairs=1 if method == NETADAPT else READING_PAIRS)
+        base_file = self.folder(model, seed) / "baseline.onnx"
 
-        def read(path: Path) -> float:
-            return reader.read(path).latency.median_ms
+        def confirmed(path: Path) -> float:
+            """Every point is held to the rule the search keeps its winner by: the judge's verdict beside the fp32
+            baseline at the budget's fraction, as ms on the budget's scale (its interval's high end: within
+            ``budget_ms`` exactly when the judge confirms the point within)."""
+            v = judge(path, self.target, budget_ms / base.latency_ms, reference=base_file)
+            print(f"[{time.strftime('%H:%M:%S')}]   {method} {path.name}: {v.describe()}", flush=True)
+            return v.ci_high * base.latency_ms
+
+        read = confirmed
+        if method == NETADAPT:  # hundreds of proposals, one pair each beside the baseline; its end point confirmed
+            reader = Reader(self.target, base_file, base.latency_ms, pairs=1)
+
+            def read(path: Path) -> float:
+                return reader.read(path).latency.median_ms
 
         if method in (UNIFORM, GLOBAL, UNIFORM_INT8):
             return baselines.fit_to_latency(NAME[method], net, shape, self.target, budget_ms, workdir,
@@ -614,7 +625,7 @@ class Bench:
         return baselines.netadapt(net, shape, self.target, budget_ms, workdir, splits=splits, cache=self.cache,
                                   lower_bound=lower_bound, max_measurements=self.args.netadapt_measurements,
                                   val_limit=self.args.val_images, recover=distil if kd_images > 0 else None,
-                                  read=read)
+                                  read=read, confirm=confirmed)
 
     def fitted(self, model: str, budget: str, method: str, budget_ms: float, seed: int = 0) -> Row:
         """A method of :mod:`hwcompress.baselines` fitted to ``budget_ms``, fine-tuned with distillation like every

@@ -159,6 +159,28 @@ def test_a_candidate_judged_over_competes_again_as_its_projection() -> None:
     assert calls == ["a", "b"] and best is cands[1]
 
 
+def test_projections_ranked_below_others_are_judged_before_the_stage_gives_up() -> None:
+    # the tries go to "a" and to fast candidates whose readings the verdicts correct (f1, then q); "a"'s
+    # projection p ranked below them is still judged once the tries are spent, and is confirmed within
+    # (seen on a grid row: both projections made, neither judged, the stage kept a model over its aim)
+    cands = [cand("a", 0.45, 0.95), cand("f1", 0.20, 0.50), cand("f2", 0.21, 0.49), cand("f3", 0.22, 0.48)]
+    calls, judge = _judge({"a": 0.9, "f1": 0.6, "f2": 0.6, "f3": 0.6, "p": 0.45, "q": 0.58})
+    projections = {"a": cand("p", 0.30, 0.90), "f1": cand("q", 0.19, 0.45)}
+    best, judged = pick(cands, judge, aim_ms=0.5, scale_ms=1.0,
+                        project=lambda c, v: projections.get(next(iter(c.policy.keep))))
+    assert calls == ["a", "f1", "q", "p"] and best is not None and best.policy.keep == {"p": 0.5}
+    assert [j.how for j in judged] == ["ranked", "ranked", "projected", "projected"]
+
+
+def test_a_projection_onto_a_candidate_not_yet_judged_judges_that_candidate() -> None:
+    # "a" is judged over; the predictor projects it onto "f", a candidate the agent had already measured:
+    # "f" is judged as the projection (before: the projection was dropped as a duplicate)
+    cands = [cand("a", 0.45, 0.95), cand("b", 0.46, 0.94), cand("f", 0.30, 0.30)]
+    calls, judge = _judge({"a": 0.9, "b": 0.92, "f": 0.45})
+    best, judged = pick(cands, judge, aim_ms=0.5, scale_ms=1.0, project=lambda c, v: cand("f", 0.31, 0.30))
+    assert calls == ["a", "f"] and best is cands[2] and [j.how for j in judged] == ["ranked", "projected"]
+
+
 def _judge(ratios: dict[str, float], limit: float = 0.5) -> tuple[list[str], Any]:
     """A scripted judge: the true ratio of each candidate (by its policy's name); the calls it got."""
     calls: list[str] = []

@@ -112,7 +112,9 @@ def pick(
        measured and scored like any candidate), and the projection joins the ranking: a best candidate
        judged just over competes, a little narrower, with the next best instead of giving way to it.
        :data:`PROJECTIONS` projections at most.  Tries spent: the best-ranked candidate judged within.
-    2. Else the last judged is projected and the projection judged, while projections are left.
+    2. Else the projections not judged yet are judged (the latest first), then the last judged is
+       projected and the projection judged, while projections are left.  A projection onto a policy
+       among the candidates that was not judged is that candidate (the predictor's choice is judged).
     3. Else ``settled`` wins when its verdict was within (recorded as judged "earlier stage").
     4. Else the candidate judged fastest (the final verdict says it is over); with none judged, the
        first ranked.
@@ -137,16 +139,21 @@ def pick(
         return [j for _, j in judged]
 
     def projected(c: Candidate, v: Verdict) -> Candidate | None:
-        """``c``'s projection, measured and scored, added to the candidates; None when no projection is left
-        or it is one of them already."""
+        """``c``'s projection, measured and scored, added to the candidates (a policy already among them, not
+        yet judged: that candidate, now a projection); None when no projection is left or it was judged."""
         if project is None or len(made) >= PROJECTIONS:
             return None
         p = project(c, v)
-        if p is None or p.policy.digest() in {x.policy.digest() for x in pool}:
+        if p is None:
             return None
-        pool.append(p)
-        made.add(p.policy.digest())
-        return p
+        digest = p.policy.digest()
+        same = next((x for x in pool if x.policy.digest() == digest), None)
+        if same is not None and (digest in made or verdict_of(same) is not None):
+            return None
+        if same is None:
+            pool.append(p)
+        made.add(digest)
+        return same or p
 
     def verdict_of(c: Candidate) -> Verdict | None:
         digest = c.policy.digest()
@@ -175,8 +182,9 @@ def pick(
     inside = [c for c in order() if (v := verdict_of(c)) is not None and v.confirmed]
     if inside:
         return inside[0], verdicts()  # tries spent: the best-ranked candidate the judge found within
-    while judged and (p := projected(judged[-1][0], judged[-1][1].verdict)) is not None:
-        if one(p, "projected"):
+    while (p := next((x for x in reversed(pool) if x.policy.digest() in made and verdict_of(x) is None), None)
+           or (projected(judged[-1][0], judged[-1][1].verdict) if judged else None)) is not None:
+        if one(p, "projected"):  # the projections not judged yet (ranked below others), then new ones
             return p, verdicts()
     if settled is not None and settled[1].confirmed:
         c, v = settled

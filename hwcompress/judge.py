@@ -3,18 +3,30 @@
 Every latency decision that matters — a search's stage winners, its final verdict, ``hwcompress
 check`` in CI and ``tools/bench_compare.py``'s budget column — is taken from fresh profiles of the
 model taken *in pairs* with a reference (the unpruned baseline, or the reference model of a
-latency baseline), in ABBA order, each profile a fresh process (:func:`measure_rounds`).  A pair's
-ratio shares the machine's state of its few seconds, so a slow spell that lasts a pair cancels
-out.  The median of the per-pair ratios, with a 95 % percentile-bootstrap interval
-(:func:`bootstrap_ratio`), is compared with the limit:
+latency baseline), in ABBA order, each profile a fresh process (:func:`measure_rounds`).  The
+statistic is :func:`pair_ratio`: the model's fastest profile over the reference's fastest profile
+among the verdict's pairs, with a 95 % percentile-bootstrap interval (:func:`bootstrap_ratio`,
+``statistic="min"``), compared with the limit:
 
 - pairs are added (``min_pairs`` .. ``max_pairs``) while the interval still straddles the limit;
-- the median decides: ``within`` iff ratio <= limit.  ``decided`` says whether the interval lay on
+- the ratio decides: ``within`` iff ratio <= limit.  ``decided`` says whether the interval lay on
   one side of it (else the answer is the best the pairs allow, and the record says so).
 
-A search *reads* its candidates with the same statistic (:class:`Reader`): the median of a few such
-pairs, put on the scale of the baseline's median at the search's start.  Its readings, its
-predictor's fit, its reward and its verdicts then share one statistic.
+Why the fastest profiles.  What disturbs a profile on a shared machine *adds* time: on this
+project's 2-vCPU VM a slow spell of a few seconds adds ~0.12 ms to every inference of whatever
+runs (ResNet-20's baseline 0.39 -> 0.51 ms, a pruned int8 ResNet-20 0.17 -> 0.29 ms: tools/results/
+verdicts.md).  An added time does not cancel in a ratio: it pushes a small model's ratio towards 1
+(0.44 -> 0.57 here), so the median of per-pair ratios — the rule until 2026-12-07 — moved with the
+share of a verdict's pairs that fell in spells, and a model a stage confirmed at 0.38x was judged
+0.56x ten minutes later.  Each side's fastest profile is its time without the added part; their
+ratio is the model's speed on the device, and it held across such verdicts (0.44 / 0.42).  The
+bootstrap's interval stays wide until each side's fast state was seen more than once, so a verdict
+that caught no quiet moment is not confirmed; and no reading can be *luckier* than the judge: a
+fastest profile is never below the device's own time.
+
+A search *reads* its candidates with the same statistic (:class:`Reader`): a few such pairs, put on
+the scale of the baseline's latency at the search's start.  Its readings, its predictor's fit, its
+reward and its verdicts then share one statistic.
 
 ``hwcompress check`` fails a build only on a *significant* slowdown past its tolerance (interval's
 low end past a quarter of the tolerance, :func:`hwcompress.check.latency_verdict`): a model the
@@ -26,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import statistics
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,15 +54,43 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Fewest pairs a verdict takes.  A small model's profile is bimodal per fresh process (per model load:
-#: tools/results/readings.md), the model's and the reference's states independent, so a pair's ratio
-#: is one of four; with 4 pairs all of the model's loads land in one state 1 time in 16 at even odds
-#: (grid seed 0, resnet-20 0.5x: a stage-2 winner judged 0.397x on 4 pairs, all fast, was 0.507x on
-#: 10 at the end); with 6, 1 in 64.
+#: Fewest pairs a verdict takes.  A small model's profile is bimodal (quiet, or a slow spell adding
+#: time: tools/results/verdicts.md); the fastest profile on each side must be the quiet state, and
+#: seen often enough for the bootstrap to trust it (grid seed 0, resnet-20 0.5x: a stage-2 winner
+#: judged 0.397x on 4 pairs was 0.507x on 10 at the end).
 MIN_PAIRS = 6
 MAX_PAIRS = 10
 READING_PAIRS = 3  # pairs per search reading (see Reader); the judge takes MIN_PAIRS..MAX_PAIRS
 CONFIDENCE = 0.95
+#: A verdict whose reference never came within this of the reference's fastest profile this process
+#: has seen was taken in a slow spell: its fastest profiles are not the device's quiet state.
+QUIET_BAND = 0.10
+SPELL_PAIRS = 10  # pairs a verdict taken in a slow spell may add beyond max_pairs, waiting for a quiet moment
+
+#: a reference file (path, size, mtime) on a device (target, runner) -> its profiles there (ms)
+_fastest: dict[tuple[str, int, int, str, int], list[float]] = {}
+
+
+def _key(path: Path, target: Target, runner: Runner | None) -> tuple[str, int, int, str, int]:
+    try:
+        st = path.stat()
+        name, size, mtime = str(path.resolve()), st.st_size, st.st_mtime_ns
+    except OSError:  # a file the runner has, not this machine
+        name, size, mtime = str(path), -1, -1
+    return name, size, mtime, target.name, id(runner) if runner is not None else 0
+
+
+def reference_floor(reference: Path, target: Target, runner: Runner | None = None, seen: Sequence[float] = ()) -> float:
+    """``reference``'s quiet time on ``target`` (through ``runner``: a pool's board), learnt over every pair
+    this process took beside it there (:func:`measure_rounds` records them; ``seen`` added): the fastest
+    of its profiles, or from 10 profiles on their 10th percentile (one freak fast profile must not make
+    every later verdict look slow); inf with none."""
+    profiles = _fastest.setdefault(_key(reference, target, runner), [])
+    profiles.extend(seen)
+    if not profiles:
+        return math.inf
+    ordered = sorted(profiles)
+    return ordered[len(ordered) // 10] if len(ordered) >= 10 else ordered[0]
 
 #: Per-round timing settings of every judged profile (the search's verdicts, ``check``, ``baseline``):
 #: a short profile per fresh process.  A round costs ~0.6 s of process start + ORT import and ~0.1 s
@@ -90,7 +130,8 @@ def bootstrap_ratio(
     """``(point, low, high)`` of ``stat(current) / stat(baseline)``; percentile bootstrap.
 
     Both samples are resampled with replacement, independently (a one-value baseline is held
-    fixed).  ``statistic``: ``median`` or ``mean``.  Deterministic for a given ``seed``.
+    fixed).  ``statistic``: ``median``, ``mean`` or ``min`` (the judge's).  Deterministic for a
+    given ``seed``.
     """
     import numpy as np
 
@@ -100,9 +141,10 @@ def bootstrap_ratio(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if min(*current, *baseline) <= 0:
         raise ValueError("bootstrap_ratio needs positive values")
-    if statistic not in ("median", "mean"):
-        raise ValueError(f"statistic must be median or mean, got {statistic!r}")
-    stat: Callable[..., Any] = np.median if statistic == "median" else np.mean
+    stats: dict[str, Callable[..., Any]] = {"median": np.median, "mean": np.mean, "min": np.min}
+    if statistic not in stats:
+        raise ValueError(f"statistic must be one of {', '.join(stats)}, got {statistic!r}")
+    stat = stats[statistic]
     c = np.asarray(current, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -146,6 +188,8 @@ def measure_rounds(
         else:
             rs.append(one(reference))
             ms.append(one(model))
+    if reference is not None and rs:
+        reference_floor(reference, target, runner, [r.latency.median_ms for r in rs])
         if reference is not None:
             log.debug("round %d: model %.3f ms, reference %.3f ms", start + i + 1, ms[-1].latency.median_ms,
                       rs[-1].latency.median_ms)
@@ -154,7 +198,7 @@ def measure_rounds(
 
 @dataclass(frozen=True)
 class Verdict(Record):
-    """The judge's answer: ``ratio`` (median of model/reference per pair; model ms without a
+    """The judge's answer: ``ratio`` (:func:`pair_ratio` of the rounds; the model's fastest ms without a
     reference) against ``limit``, its bootstrap interval, and every round's median (ms)."""
 
     ratio: float
@@ -165,6 +209,7 @@ class Verdict(Record):
     decided: bool  # the interval lay on one side of the limit (else max pairs were spent)
     model_ms: tuple[float, ...] = ()
     reference_ms: tuple[float, ...] = ()
+    quiet: bool = True  # the reference reached its quiet time in these pairs (else: a slow spell, undecided)
 
     @property
     def pairs(self) -> int:
@@ -173,24 +218,36 @@ class Verdict(Record):
     @property
     def confirmed(self) -> bool:
         """Within with confidence: the interval's high end at or under the limit.  A search keeps only a
-        candidate confirmed at its aim, so that the final verdict at the limit (the median's) holds."""
+        candidate confirmed at its aim, so that the final verdict at the limit (the ratio's) holds."""
         return self.within and self.decided
 
     def describe(self) -> str:
-        how = "" if self.decided else f", undecided after {self.pairs} pairs"
+        how = "" if self.decided else f", undecided after {self.pairs} pairs" + ("" if self.quiet else " in a slow spell")
         unit = "x" if self.reference_ms else " ms"
         return (f"{self.ratio:.3f}{unit} (95% CI {self.ci_low:.3f}-{self.ci_high:.3f}, {self.pairs} pairs{how}) "
                 f"{'within' if self.within else 'OVER'} {self.limit:.3f}{unit}")
 
 
-def decide(model_ms: Sequence[float], reference_ms: Sequence[float], limit: float, *, seed: int = 0) -> Verdict:
-    """The rule on rounds already taken (pure; :func:`judge` takes the rounds)."""
+def pair_ratio(model_ms: Sequence[float], reference_ms: Sequence[float]) -> float:
+    """The judge's statistic on profiles taken in pairs: the model's fastest over the reference's fastest
+    (the module docstring says why); the model's fastest ms without a reference."""
+    if not model_ms or (reference_ms and len(reference_ms) != len(model_ms)):
+        raise ValueError("pair_ratio needs rounds, and one reference round per model round")
+    return min(model_ms) / min(reference_ms) if reference_ms else min(model_ms)
+
+
+def decide(model_ms: Sequence[float], reference_ms: Sequence[float], limit: float, *, seed: int = 0,
+           floor_ms: float | None = None) -> Verdict:
+    """The rule on rounds already taken (pure; :func:`judge` takes the rounds).  ``floor_ms``: the
+    reference's quiet time known from earlier pairs; a verdict whose reference never came within
+    :data:`QUIET_BAND` of it was taken in a slow spell (``quiet=False``) and is not decided."""
     if reference_ms and len(reference_ms) != len(model_ms):
         raise ValueError("decide needs one reference round per model round")
-    values = [m / r for m, r in zip(model_ms, reference_ms, strict=True)] if reference_ms else list(model_ms)
-    point, low, high = bootstrap_ratio(values, [1.0], seed=seed)
+    point, low, high = bootstrap_ratio(list(model_ms), list(reference_ms) or [1.0], statistic="min", seed=seed)
+    quiet = not reference_ms or floor_ms is None or min(reference_ms) <= floor_ms * (1.0 + QUIET_BAND)
     return Verdict(ratio=point, ci_low=low, ci_high=high, limit=limit, within=point <= limit,
-                   decided=high <= limit or low > limit, model_ms=tuple(model_ms), reference_ms=tuple(reference_ms))
+                   decided=quiet and (high <= limit or low > limit), model_ms=tuple(model_ms),
+                   reference_ms=tuple(reference_ms), quiet=quiet)
 
 
 def judge(
@@ -207,15 +264,19 @@ def judge(
     """Profile ``model`` (beside ``reference``, ABBA) until :func:`decide` is decided or ``max_pairs``.
 
     ``limit`` is a ratio to the reference (``0.5`` for a 0.5x budget), or milliseconds without one.
-    Each profile runs with :func:`round_settings` (the pairs are the repetition).
+    Each profile runs with :func:`round_settings` (the pairs are the repetition).  A verdict taken in
+    a slow spell (its reference never near the quiet time this process has seen of it,
+    :func:`reference_floor`) adds up to :data:`SPELL_PAIRS` more pairs waiting for a quiet moment.
     """
     if not 1 <= min_pairs <= max_pairs:
         raise ValueError("need 1 <= min_pairs <= max_pairs")
     target = round_target(target)
     ms, rs = measure_rounds(model, target, min_pairs, reference=reference, runner=runner)
     while True:
-        v = decide([m.latency.median_ms for m in ms], [r.latency.median_ms for r in rs], limit, seed=seed)
-        if v.decided or len(ms) >= max_pairs:
+        r_ms = [r.latency.median_ms for r in rs]
+        floor = reference_floor(reference, target, runner) if reference is not None else None
+        v = decide([m.latency.median_ms for m in ms], r_ms, limit, seed=seed, floor_ms=floor)
+        if v.decided or len(ms) >= max_pairs + (0 if v.quiet else SPELL_PAIRS):
             return v
         m2, r2 = measure_rounds(model, target, 1, reference=reference, runner=runner, start=len(ms))
         ms, rs = ms + m2, rs + r2
@@ -227,22 +288,20 @@ class Reader:
 
     Two kinds of noise meet a profile on a real device, and the judge is built against both:
 
-    - *per process*: a fresh process of the runtime lands in a fast or a slow state and keeps it
-      (memory layout, the core it runs on); small models on these CPUs are bimodal, ~20 % apart.
-      One profile is then a coin toss, and a search that keeps the candidates *read* within its aim
-      keeps the lucky ones: the judge, on several processes, finds them over.
-    - *over time*: a slow spell of a shared machine (on this VM the same model reads 40-70 % slower
-      for a minute at a time), a board warming up.
+    - *spells*: a shared machine's slow spells add time to every inference for seconds at a time
+      (this VM: +0.12 ms, on a 0.17 ms model 70 %); one profile is then a coin toss;
+    - *over time*: a busy minute, a board warming up, which the reference shares.
 
     With a ``reference`` (a relative budget: the baseline's file), a reading is ``pairs`` ABBA pairs
     of fresh profiles beside the reference with :func:`round_settings` (order carried on from one
-    reading to the next), and the candidate's times are put on the scale of ``scale_ms`` (the
-    baseline's median at the search's start) by the median pair: reading = ``scale_ms x`` median
-    model/reference ratio, so that a reading within ``aim x scale_ms`` is a ratio within ``aim`` as
-    the judge takes it.  The measurement is the median pair's model profile; its ``board_scale``
-    is that pair's reference / ``scale_ms`` (the device's speed then).  Without a reference (an
-    absolute budget, which the judge holds the model's own milliseconds to): the median of
-    ``pairs`` fresh profiles.  The cache is not used: a reading belongs to its moment.
+    reading to the next), and the candidate's time is put on the scale of ``scale_ms`` (the
+    baseline's latency at the search's start) by the judge's statistic: reading = ``scale_ms x``
+    :func:`pair_ratio`, so that a reading within ``aim x scale_ms`` is a ratio within ``aim`` as the
+    judge takes it.  The measurement is the model's fastest profile; its ``board_scale`` is the
+    reference's fastest / ``scale_ms`` (the device's speed then).  Without a reference (an absolute
+    budget, which the judge holds the model's own milliseconds to): the fastest of ``pairs`` fresh
+    profiles.  A reading can be slower than the judge's ratio (no quiet moment among its pairs), never
+    faster.  The cache is not used: a reading belongs to its moment.
     """
 
     target: Target
@@ -266,9 +325,8 @@ class Reader:
         t0 = time.perf_counter()
         ms, rs = measure_rounds(model, t, self.pairs, reference=self.reference, runner=runner, start=start)
         own = [m.latency.median_ms for m in ms]
-        values = [m / r.latency.median_ms for m, r in zip(own, rs, strict=True)] if rs else own
-        i = values.index(statistics.median_low(values))
+        i = own.index(min(own))
         rep = dataclasses.replace(ms[i], rounds=len(ms), median_cv=relative_spread(own), wall_s=time.perf_counter() - t0,
                                   cached=False)
-        return scaled(rep, rs[i].latency.median_ms / self.scale_ms) if rs else rep
+        return scaled(rep, min(r.latency.median_ms for r in rs) / self.scale_ms) if rs else rep
 

@@ -32,8 +32,8 @@ split in ~/.cache/hwcompress/models: seeds other than 0 train their own), the ag
 fine-tune, as ``--seed`` did.  Every row is an artifact written by the export writer, measured on the
 target and scored on the test set in its runtime.  Whether a row meets its budget is decided at the
 end by the judge (:mod:`hwcompress.judge`, the rule the search and ``hwcompress check`` use): fresh
-profiles of the row's artifact in ABBA pairs with its seed's fp32 baseline, the median of per-pair
-ratios with a 95 % bootstrap interval against the budget's fraction, pairs added (up to
+profiles of the row's artifact in ABBA pairs with its seed's fp32 baseline, the fastest profile's ratio
+to the baseline's fastest (``hwcompress.judge.pair_ratio``) with a 95 % bootstrap interval against the budget's fraction, pairs added (up to
 ``--rounds``) until the interval is on one side of it.  A row's reported latency is that ratio times
 the baseline's latency; the "met" column is the judge's verdict (over seeds: how many met).
 
@@ -123,7 +123,8 @@ NAME = {  # the method's name in summary.json (and accepted by --methods beside 
     INT8: "ort-int8",
     HEADLINE: "hwcompress-headline",
 }
-FIT_READ = "confirmed by the judge"  # how fitted methods read their points (rows record it)
+FIT_READ = "confirmed by the judge, fastest profiles"  # how fitted methods read their points (rows record it)
+JUDGE_RULE = "fastest over fastest"  # the judge's statistic saved judgements were made with (others are redone)
 BASELINE_ROUNDS = 5  # fresh pairs of each model's baseline with each of its precision copies, before the rows
 DEFAULT_SEEDS = "0,1,2"
 DEFAULT_FINETUNE_EPOCHS = 3
@@ -148,7 +149,7 @@ class Figures:
 
 @dataclass
 class Baseline(Figures):
-    precision_ratio: dict[str, float]  # the unpruned model at each precision / fp32: median of per-pair ratios
+    precision_ratio: dict[str, float]  # the unpruned model at each precision / fp32: the judge's pair_ratio
     ratio_rounds: dict[str, list[float]] = field(default_factory=dict)  # per ABBA pair with the fp32 model
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # combined over seeds: seeds, accuracy, accuracy_std
@@ -282,6 +283,8 @@ class Bench:
             return f"it records no fine-tune epochs (an older bench_compare); this run fine-tunes {want}"
         if got != want:
             return f"it was fine-tuned {got} epoch(s); this run fine-tunes {want}"
+        if method in (MEASURED, PROXY, HEADLINE) and saved.extra.get("judge_rule") != JUDGE_RULE:
+            return f"its search judged with an older rule than the judge's {JUDGE_RULE}"
         if method in FITTED and saved.extra.get("fit_read") != FIT_READ:
             how = saved.extra.get("fit_read") or "plain measurements"
             return f"it was fitted on {how} (an older bench_compare); this run's fits are {FIT_READ}"
@@ -333,9 +336,9 @@ class Bench:
 
         Rows are made minutes or hours apart; a machine that is busier at one moment than at another
         would otherwise decide the comparison.  Each precision copy of the baseline is profiled in
-        ``--rounds`` ABBA pairs with the fp32 model (``precision_ratio``: the median of per-pair
-        ratios); each row is judged (:func:`judge_row`, at most ``--rounds`` pairs).  The baseline's
-        latency becomes the median of all its profiles in those pairs, and each row's latency its
+        ``--rounds`` ABBA pairs with the fp32 model (``precision_ratio``: the judge's statistic,
+        :func:`hwcompress.judge.pair_ratio`); each row is judged (:func:`judge_row`, at most ``--rounds``
+        pairs).  The baseline's latency becomes the fastest of all its profiles in those pairs, and each row's latency its
         judged ratio times it (:func:`place_row`); a row's first measurement is kept in
         ``extra['first_ms']``.  Every judgement is saved beside the row (``*.judged.json``) with the
         sha256 of what it judged, and reused while they match (unless ``--rejudge``).  Returns the
@@ -364,16 +367,17 @@ class Bench:
         saved = json.loads(store.read_text()) if store.exists() and not rejudge else {}
         for prec in precs:
             copy = d / f"baseline-{prec}.onnx"
-            key = {"sha256": sha256_file(copy), "baseline_sha256": ref_sha, "pairs": pairs}
+            key = {"sha256": sha256_file(copy), "baseline_sha256": ref_sha, "pairs": pairs, "rule": JUDGE_RULE}
             hit = saved.get(prec)
             if hit is None or any(hit.get(k) != v for k, v in key.items()):
                 ms, rs = measure_rounds(copy, self.target, pairs, reference=ref)
-                hit = {**key, "ratios": _pair_ratios(ms, rs), "reference_ms": [r.latency.median_ms for r in rs]}
+                hit = {**key, "ratios": _pair_ratios(ms, rs), "reference_ms": [r.latency.median_ms for r in rs],
+                       "model_ms": [m.latency.median_ms for m in ms]}
                 saved[prec] = hit
                 atomic_write_text(store, json.dumps(saved, indent=1))
             ref_ms += hit["reference_ms"]
             base.ratio_rounds[prec] = list(hit["ratios"])
-            base.precision_ratio[prec] = statistics.median(base.ratio_rounds[prec])
+            base.precision_ratio[prec] = _ratio(hit)
         for r in live:
             art = Path(r.artifact)
             file = art / read_manifest(art).result.file
@@ -381,7 +385,7 @@ class Bench:
         first = base.latency_ms
         if ref_ms:
             spread = base.p90_ms / base.latency_ms
-            base.latency_ms = statistics.median(ref_ms)
+            base.latency_ms = min(ref_ms)  # its quiet time: the judge's ratios are to the fastest profile
             base.p90_ms = base.latency_ms * spread
         for r in live:
             place_row(r, base.latency_ms)
@@ -396,7 +400,7 @@ class Bench:
         from hwcompress.fsutil import sha256_file
 
         store = self._row_file(r.model, r.budget, r.method, r.seed).with_suffix(".judged.json")
-        key = {"sha256": sha256_file(file), "baseline_sha256": ref_sha, "pairs": pairs,
+        key = {"sha256": sha256_file(file), "baseline_sha256": ref_sha, "pairs": pairs, "rule": JUDGE_RULE,
                "budgets": sorted(fractions) if r.budget_ms <= 0 else [r.budget]}
         hit = json.loads(store.read_text()) if store.exists() and not rejudge else None
         if hit is not None and all(hit.get(k) == v for k, v in key.items()):
@@ -425,7 +429,7 @@ class Bench:
             return saved
         from hwcompress.artifact import measure_figures
         from hwcompress.export import export_onnx
-        from hwcompress.judge import measure_rounds
+        from hwcompress.judge import measure_rounds, pair_ratio
         from hwcompress.macs import count_macs
         from hwcompress.quantize import quantize_onnx, uniform_policy
 
@@ -456,7 +460,7 @@ class Bench:
         # The budgets every method is fitted to are fractions of this latency: the quiet state, the fastest of the
         # fp32 model's fresh profiles (seen: one profile of ResNet-20's baseline at 0.774 ms, 0.50 ms quiet, which
         # left uniform and global pruning fitted to budgets 55 % loose).  Each precision copy is profiled in
-        # BASELINE_ROUNDS ABBA pairs beside it; its ratio is the median of the per-pair ratios (the judge's rule).
+        # BASELINE_ROUNDS ABBA pairs beside it; its ratio is the judge's statistic (pair_ratio: fastest over fastest).
         fp32_rounds: list[Any] = []
         ratios: dict[str, float] = {"fp32": 1.0}
         ratio_rounds: dict[str, list[float]] = {}
@@ -467,7 +471,7 @@ class Bench:
             ms, rs = measure_rounds(copies[prec], self.target, BASELINE_ROUNDS, reference=fp32)
             fp32_rounds += rs
             ratio_rounds[prec] = _pair_ratios(ms, rs)
-            ratios[prec] = statistics.median(ratio_rounds[prec])
+            ratios[prec] = pair_ratio([m.latency.median_ms for m in ms], [r.latency.median_ms for r in rs])
         quiet = min(fp32_rounds, key=lambda m: m.latency.median_ms)
         print(f"  {model} seed {seed} baseline: fastest of {len(fp32_rounds)} profiles {quiet.latency.median_ms:.3f} ms "
               f"(first {fig.measurement.latency.median_ms:.3f}); "
@@ -546,6 +550,7 @@ class Bench:
         res = search.run()
         s1 = json.loads((run_dir / "stage1.json").read_text())
         extra = {
+            "judge_rule": JUDGE_RULE,
             "headline": (
                 f"latency {latency}, size {size}, {a.headline_finetune_epochs} fine-tune epoch(s)"
                 if method == HEADLINE
@@ -699,6 +704,16 @@ def _pair_ratios(ms: list[Any], rs: list[Any]) -> list[float]:
     return [m.latency.median_ms / r.latency.median_ms for m, r in zip(ms, rs, strict=True)]
 
 
+def _ratio(hit: dict[str, Any]) -> float:
+    """A saved precision judgement's ratio by the judge's statistic (:func:`hwcompress.judge.pair_ratio`); the
+    model's rounds are rebuilt from the pair ratios where an older file kept only those."""
+    from hwcompress.judge import pair_ratio
+
+    ref = list(hit["reference_ms"])
+    model = hit.get("model_ms") or [q * r for q, r in zip(hit["ratios"], ref, strict=True)]
+    return pair_ratio(model, ref)
+
+
 def judge_row(
     row: Row,
     model: Path,
@@ -719,7 +734,7 @@ def judge_row(
     Latencies are set by :func:`place_row` once the baseline's latency is known.
     """
     from hwcompress.errors import UsageError
-    from hwcompress.judge import MIN_PAIRS, decide, judge, measure_rounds
+    from hwcompress.judge import MIN_PAIRS, decide, judge, measure_rounds, pair_ratio, reference_floor
     from hwcompress.search.budget import parse_budget
 
     lo = min(MIN_PAIRS if min_pairs is None else min_pairs, max_pairs)
@@ -739,13 +754,14 @@ def judge_row(
     ms, rs = measure_rounds(model, target, lo, reference=reference, runner=runner)
     while True:
         m_ms, r_ms = [m.latency.median_ms for m in ms], [r.latency.median_ms for r in rs]
-        verdicts = {b: decide(m_ms, r_ms, f) for b, f in sorted(fractions.items())}
+        floor = reference_floor(reference, target, runner)
+        verdicts = {b: decide(m_ms, r_ms, f, floor_ms=floor) for b, f in sorted(fractions.items())}
         if all(v.decided for v in verdicts.values()) or len(ms) >= max_pairs:
             break
         m2, r2 = measure_rounds(model, target, 1, reference=reference, runner=runner, start=len(ms))
         ms, rs = ms + m2, rs + r2
     row.extra["verdicts"] = {b: v.to_dict() for b, v in verdicts.items()}
-    row.extra["ratio"] = statistics.median(_pair_ratios(ms, rs))
+    row.extra["ratio"] = pair_ratio(m_ms, r_ms)
     row.extra["rounds_ms"], row.extra["reference_rounds_ms"] = m_ms, r_ms
     return r_ms
 
@@ -931,8 +947,8 @@ def _acc_base(base: Baseline) -> str:
 
 def table(base: Baseline, rows: list[Row]) -> str:
     """One model's rows.  Where rows were judged side by side (``--rounds``), "lat ms" is the judged ratio
-    (median of per-pair ratios to the baseline) x the baseline's latency, and "met" the judge's verdict
-    ("(undecided)": its interval still held the budget after ``--rounds`` pairs; the median decided).
+    (fastest profile over the baseline's fastest) x the baseline's latency, and "met" the judge's verdict
+    ("(undecided)": its interval still held the budget after ``--rounds`` pairs; the ratio decided).
     Rows combined over seeds (:func:`combine`): "acc %" is the mean ± sample std, "Δ pt" the mean of each
     seed's difference to its own baseline, latencies and sizes are means, "met" counts the seeds judged within."""
     head = (
@@ -1189,12 +1205,14 @@ def write_outputs(
         "means; accuracies mean ± sample std; 'met' counts the seeds the judge found within. Budgets are fractions "
         "of each seed's baseline latency. Latency = median of the target's profiler (ONNX Runtime, 1 thread)"
         + (f". At the end every row is judged by `hwcompress.judge` (the rule of the search and `hwcompress check`): "
-           f"fresh profiles of its artifact in ABBA pairs with its seed's fp32 baseline, the median of the per-pair "
-           f"ratios with a 95 % bootstrap interval against the budget's fraction, pairs added (at most {args.rounds}) "
-           "until the interval lies on one side of it; 'met' is that verdict, and a row's 'lat ms' is its judged "
-           "ratio x the baseline's latency (the median of the baseline's profiles in those pairs; p90 at the row's "
-           "own p90/median spread). Per-precision ratios of the baseline are medians of per-pair ratios too (this "
-           "shared machine drifts by tens of percent over minutes; ratios measured side by side do not)"
+           f"fresh profiles of its artifact in ABBA pairs with its seed's fp32 baseline, its fastest profile over the "
+           f"baseline's fastest with a 95 % bootstrap interval against the budget's fraction, pairs added (at most "
+           f"{args.rounds}, more in a slow spell) until the interval lies on one side of it; 'met' is that verdict, and "
+           "a row's 'lat ms' is its judged ratio x the baseline's latency (the fastest of the baseline's profiles in "
+           "those pairs: its quiet time; p90 at the row's own p90/median spread). Per-precision ratios of the "
+           "baseline are taken the same way (this shared machine's slow spells add time to every inference, which "
+           "moves a small model's per-pair ratios by 30 %; the fastest profiles do not move: "
+           "tools/results/verdicts.md)"
            if args.rounds > 0
            else "; budgets are fractions of the baseline as measured at the start, each row's first measurement")
         + f"; 'compression' = fp32 ONNX bytes / artifact bytes. Wall time of this invocation: {wall_s / 60:.0f} min "

@@ -122,6 +122,7 @@ def pick(
     judged: list[tuple[Candidate, Judged]] = []
     memo: dict[int, float] = {}
     pool, made = list(cands), set[str]()  # made: the projections' policies
+    spent = 0  # projections asked for (each measures a candidate, or finds one measured): PROJECTIONS at most
 
     def est(c: Candidate) -> float:
         if id(c) not in memo:
@@ -141,8 +142,10 @@ def pick(
     def projected(c: Candidate, v: Verdict) -> Candidate | None:
         """``c``'s projection, measured and scored, added to the candidates (a policy already among them, not
         yet judged: that candidate, now a projection); None when no projection is left or it was judged."""
-        if project is None or len(made) >= PROJECTIONS:
+        nonlocal spent
+        if project is None or spent >= PROJECTIONS:
             return None
+        spent += 1
         p = project(c, v)
         if p is None:
             return None

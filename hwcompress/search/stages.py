@@ -22,7 +22,6 @@ precision is among its candidates, so a stage-1 winner judged within leaves stag
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,10 +76,10 @@ def precision_file(s: Search, model: nn.Module, fp32_onnx: Path, policy: Compres
 
 
 def precision_ratios(s: Search, model: nn.Module, fp32_onnx: Path, fp32_file: Path, stem: str) -> dict[str, float]:
-    """Each lower precision's latency over fp32 on ``model`` (every weight layer at it): the median
-    of ``PRECISION_PAIRS`` per-pair ratios, fresh profiles in ABBA pairs (the judge's pairing).
+    """Each lower precision's latency over fp32 on ``model`` (every weight layer at it): the judge's
+    statistic (:func:`~hwcompress.judge.pair_ratio`) on ``PRECISION_PAIRS`` fresh ABBA pairs.
     A precision the runtime cannot build or run gets no ratio (logged)."""
-    from hwcompress.judge import measure_rounds, round_target
+    from hwcompress.judge import measure_rounds, pair_ratio, round_target
     from hwcompress.quantize import uniform_policy
 
     per_round = round_target(s.target)
@@ -95,7 +94,7 @@ def precision_ratios(s: Search, model: nn.Module, fp32_onnx: Path, fp32_file: Pa
         except HwcompressError as exc:
             log.warning("%s at %s could not be built or measured: %s", stem, prec, exc)
             continue
-        ratios[prec] = statistics.median(m.latency.median_ms / r.latency.median_ms for m, r in zip(ms, rs, strict=True))
+        ratios[prec] = pair_ratio([m.latency.median_ms for m in ms], [r.latency.median_ms for r in rs])
     return ratios
 
 

@@ -21,8 +21,10 @@ share of a verdict's pairs that fell in spells, and a model a stage confirmed at
 0.56x ten minutes later.  Each side's fastest profile is its time without the added part; their
 ratio is the model's speed on the device, and it held across such verdicts (0.44 / 0.42).  The
 bootstrap's interval stays wide until each side's fast state was seen more than once, so a verdict
-that caught no quiet moment is not confirmed; and no reading can be *luckier* than the judge: a
-fastest profile is never below the device's own time.
+that caught no quiet moment is not confirmed.  The one way to read *lucky* is a model profiled
+beside a reference caught in its slow state in every pair (seen in readings of 3 pairs: a mix read
+0.53x, judged 0.75x): reference profiles count at most at the top of the reference's quiet band
+(:func:`capped`, the quiet time learnt by :func:`reference_floor`), for readings and verdicts alike.
 
 A search *reads* its candidates with the same statistic (:class:`Reader`): a few such pairs, put on
 the scale of the baseline's latency at the search's start.  Its readings, its predictor's fit, its
@@ -238,14 +240,27 @@ def pair_ratio(model_ms: Sequence[float], reference_ms: Sequence[float]) -> floa
     return min(model_ms) / min(reference_ms) if reference_ms else min(model_ms)
 
 
+def capped(reference_ms: Sequence[float], floor_ms: float | None) -> list[float]:
+    """Reference profiles as the ratio takes them: none above the top of the quiet band
+    (``floor_ms x (1 + QUIET_BAND)``).  A model profiled beside a reference caught in its slow state
+    would otherwise read faster than it is (seen: a stage-2 mix read 0.53x beside a baseline 35 %
+    slow in all its pairs, and was judged 0.75x)."""
+    if floor_ms is None or not math.isfinite(floor_ms):
+        return list(reference_ms)
+    top = floor_ms * (1.0 + QUIET_BAND)
+    return [min(r, top) for r in reference_ms]
+
+
 def decide(model_ms: Sequence[float], reference_ms: Sequence[float], limit: float, *, seed: int = 0,
            floor_ms: float | None = None) -> Verdict:
     """The rule on rounds already taken (pure; :func:`judge` takes the rounds).  ``floor_ms``: the
-    reference's quiet time known from earlier pairs; a verdict whose reference never came within
+    reference's quiet time known from earlier pairs; reference profiles count at most at the top of
+    its quiet band (:func:`capped`), and a verdict whose reference never came within
     :data:`QUIET_BAND` of it was taken in a slow spell (``quiet=False``) and is not decided."""
     if reference_ms and len(reference_ms) != len(model_ms):
         raise ValueError("decide needs one reference round per model round")
-    point, low, high = bootstrap_ratio(list(model_ms), list(reference_ms) or [1.0], statistic="min", seed=seed)
+    ref = capped(reference_ms, floor_ms) or [1.0]
+    point, low, high = bootstrap_ratio(list(model_ms), ref, statistic="min", seed=seed)
     quiet = not reference_ms or floor_ms is None or min(reference_ms) <= floor_ms * (1.0 + QUIET_BAND)
     return Verdict(ratio=point, ci_low=low, ci_high=high, limit=limit, within=point <= limit,
                    decided=quiet and (high <= limit or low > limit), model_ms=tuple(model_ms),
@@ -299,11 +314,13 @@ class Reader:
     reading to the next), and the candidate's time is put on the scale of ``scale_ms`` (the
     baseline's latency at the search's start) by the judge's statistic: reading = ``scale_ms x``
     :func:`pair_ratio`, so that a reading within ``aim x scale_ms`` is a ratio within ``aim`` as the
-    judge takes it.  The measurement is the model's fastest profile; its ``board_scale`` is the
-    reference's fastest / ``scale_ms`` (the device's speed then).  Without a reference (an absolute
+    judge takes it, the reference's profiles capped at its quiet band as the judge caps them
+    (:func:`capped`).  The measurement is the model's fastest profile; its ``board_scale`` is the
+    reference's (capped) fastest / ``scale_ms`` (the device's speed then).  Without a reference (an absolute
     budget, which the judge holds the model's own milliseconds to): the fastest of ``pairs`` fresh
-    profiles.  A reading can be slower than the judge's ratio (no quiet moment among its pairs), never
-    faster.  The cache is not used: a reading belongs to its moment.
+    profiles.  A reading whose model never showed its fast state is slower than the judge's ratio; one
+    whose reference never showed its own is faster by at most :data:`QUIET_BAND`.  The cache is not
+    used: a reading belongs to its moment.
     """
 
     target: Target
@@ -330,5 +347,8 @@ class Reader:
         i = own.index(min(own))
         rep = dataclasses.replace(ms[i], rounds=len(ms), median_cv=relative_spread(own), wall_s=time.perf_counter() - t0,
                                   cached=False)
-        return scaled(rep, min(r.latency.median_ms for r in rs) / self.scale_ms) if rs else rep
+        if not rs or self.reference is None:
+            return rep
+        floor = reference_floor(self.reference, t, runner)  # this reading's pairs included
+        return scaled(rep, min(capped([r.latency.median_ms for r in rs], floor)) / self.scale_ms)
 

@@ -154,6 +154,11 @@ def test_judge_waits_out_a_slow_spell_for_a_quiet_pair(scripted: Any) -> None:
     script["r.onnx"] = [1.5]  # a spell that lasts: undecided after max_pairs + SPELL_PAIRS, and says why
     v = judge(Path("m.onnx"), target, 0.5, reference=Path("r.onnx"), min_pairs=3, max_pairs=5)
     assert not v.quiet and not v.confirmed and v.pairs == 5 + SPELL_PAIRS and "slow spell" in v.describe()
+    # its slow reference profiles count at the top of the quiet band (1.1), not at 1.5: no lucky 0.27
+    assert v.ratio == pytest.approx(0.4 / 1.1)
+    # a reading in the spell is capped the same way (on the start's scale, 1.0)
+    m = Reader(target, Path("r.onnx"), scale_ms=1.0).read(Path("m.onnx"))
+    assert m.latency.median_ms == pytest.approx(0.4 / 1.1) and m.board_scale == pytest.approx(1.1)
 
 
 def test_judge_without_reference_profiles_the_model_alone(scripted: Any) -> None:

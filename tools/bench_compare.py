@@ -123,8 +123,8 @@ NAME = {  # the method's name in summary.json (and accepted by --methods beside 
     INT8: "ort-int8",
     HEADLINE: "hwcompress-headline",
 }
-FIT_READ = "confirmed by the judge, fastest profiles"  # how fitted methods read their points (rows record it)
-JUDGE_RULE = "fastest over fastest"  # the judge's statistic saved judgements were made with (others are redone)
+FIT_READ = "confirmed by the judge, fastest profiles, reference capped"  # how fitted methods read their points (rows record it)
+JUDGE_RULE = "fastest over fastest, reference capped at its quiet band"  # the judge's statistic saved judgements were made with (others are redone)
 BASELINE_ROUNDS = 5  # fresh pairs of each model's baseline with each of its precision copies, before the rows
 DEFAULT_SEEDS = "0,1,2"
 DEFAULT_FINETUNE_EPOCHS = 3

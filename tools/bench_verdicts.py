@@ -52,12 +52,6 @@ def ratio(stat: str, model_ms: list[float], reference_ms: list[float]) -> float:
     raise ValueError(stat)
 
 
-def _floor(seen: list[float]) -> float:
-    """The reference's quiet time as :func:`hwcompress.judge.reference_floor` learns it."""
-    ordered = sorted(seen)
-    return ordered[len(ordered) // 10] if len(ordered) >= 10 else ordered[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path)
@@ -70,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=float, default=0.5)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    from hwcompress.judge import decide, measure_rounds, round_target
+    from hwcompress.judge import decide, measure_rounds, reference_floor, round_target
     from hwcompress.targets import load_target
 
     if args.replay is not None:
@@ -94,18 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         recorded = []
 
     target = round_target(load_target(args.target))
-    seen: list[float] = []  # the reference's profiles so far: the judge's quiet time is learnt over them
+    # the reference's quiet time, learnt over its profiles so far as the judge learns it (a replay has no file)
+    ref_key = args.reference if recorded == [] else Path(f"replay:{args.replay}")
     runs: list[dict[str, Any]] = []
     for i in range(args.verdicts):
         if recorded:
             m, r, at = recorded[i]["model_ms"], recorded[i]["reference_ms"], recorded[i]["at"]
+            reference_floor(ref_key, target, None, r)
         else:
             if i:
                 time.sleep(args.gap)
             ms, rs = measure_rounds(args.model, target, args.pairs, reference=args.reference)
             m, r, at = [x.latency.median_ms for x in ms], [x.latency.median_ms for x in rs], time.strftime("%H:%M:%S")
-        seen += r
-        v = decide(m, r, args.limit, floor_ms=_floor(seen))
+        v = decide(m, r, args.limit, floor_ms=reference_floor(ref_key, target))
         run = {"at": at, "model_ms": m, "reference_ms": r, **{s: ratio(s, m, r) for s in STATS},
                "judge": v.ratio, "judge_ci": [v.ci_low, v.ci_high], "quiet": v.quiet, "confirmed": v.confirmed}
         runs.append(run)

@@ -192,11 +192,11 @@ def measure_rounds(
         else:
             rs.append(one(reference))
             ms.append(one(model))
-    if reference is not None and rs:
-        reference_floor(reference, target, runner, [r.latency.median_ms for r in rs])
         if reference is not None:
             log.debug("round %d: model %.3f ms, reference %.3f ms", start + i + 1, ms[-1].latency.median_ms,
                       rs[-1].latency.median_ms)
+    if reference is not None and rs:
+        reference_floor(reference, target, runner, [r.latency.median_ms for r in rs])
     return ms, rs
 
 

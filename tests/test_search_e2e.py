@@ -84,7 +84,7 @@ def _assert_run_records(run: Path, manifest: dict[str, object], lines: list[dict
         assert len([j for j in rep.judged if j.how != "earlier stage"]) <= PICK_TRIES + PROJECTIONS
         for j in rep.judged:
             v = j.verdict
-            assert MIN_PAIRS <= v.pairs <= MAX_PAIRS + (0 if v.quiet else SPELL_PAIRS) and len(v.reference_ms) == v.pairs and v.limit == budget.aim
+            assert MIN_PAIRS <= v.pairs <= MAX_PAIRS + SPELL_PAIRS and len(v.reference_ms) == v.pairs and v.limit == budget.aim
             assert v.decided or v.pairs == 10
             assert v.within == (v.ratio <= v.limit)
         mine = [j for j in rep.judged if j.policy == rep.best.policy.digest()]

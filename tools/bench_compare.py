@@ -429,7 +429,7 @@ class Bench:
             return saved
         from hwcompress.artifact import measure_figures
         from hwcompress.export import export_onnx
-        from hwcompress.judge import measure_rounds, pair_ratio
+        from hwcompress.judge import capped, measure_rounds, pair_ratio, reference_floor
         from hwcompress.macs import count_macs
         from hwcompress.quantize import quantize_onnx, uniform_policy
 
@@ -471,7 +471,8 @@ class Bench:
             ms, rs = measure_rounds(copies[prec], self.target, BASELINE_ROUNDS, reference=fp32)
             fp32_rounds += rs
             ratio_rounds[prec] = _pair_ratios(ms, rs)
-            ratios[prec] = pair_ratio([m.latency.median_ms for m in ms], [r.latency.median_ms for r in rs])
+            ref = capped([r.latency.median_ms for r in rs], reference_floor(fp32, self.target))
+            ratios[prec] = pair_ratio([m.latency.median_ms for m in ms], ref)
         quiet = min(fp32_rounds, key=lambda m: m.latency.median_ms)
         print(f"  {model} seed {seed} baseline: fastest of {len(fp32_rounds)} profiles {quiet.latency.median_ms:.3f} ms "
               f"(first {fig.measurement.latency.median_ms:.3f}); "
@@ -734,7 +735,7 @@ def judge_row(
     Latencies are set by :func:`place_row` once the baseline's latency is known.
     """
     from hwcompress.errors import UsageError
-    from hwcompress.judge import MIN_PAIRS, decide, judge, measure_rounds, pair_ratio, reference_floor
+    from hwcompress.judge import MIN_PAIRS, capped, decide, judge, measure_rounds, pair_ratio, reference_floor
     from hwcompress.search.budget import parse_budget
 
     lo = min(MIN_PAIRS if min_pairs is None else min_pairs, max_pairs)
@@ -761,7 +762,7 @@ def judge_row(
         m2, r2 = measure_rounds(model, target, 1, reference=reference, runner=runner, start=len(ms))
         ms, rs = ms + m2, rs + r2
     row.extra["verdicts"] = {b: v.to_dict() for b, v in verdicts.items()}
-    row.extra["ratio"] = pair_ratio(m_ms, r_ms)
+    row.extra["ratio"] = pair_ratio(m_ms, capped(r_ms, floor))  # the verdicts' ratio
     row.extra["rounds_ms"], row.extra["reference_rounds_ms"] = m_ms, r_ms
     return r_ms
 

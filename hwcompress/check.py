@@ -7,40 +7,41 @@ file (or an artifact's ``manifest.json``), returning a :class:`CheckResult`.
 
 The decision rule (:func:`latency_verdict`)
 -------------------------------------------
-Unit of evidence: one *round* = one fresh profiler process; its statistic is the round's median
-(or p90) latency in ms.  In *reference mode* the statistic is the round's model / reference
-latency ratio, the two profiles of a round taken back to back (ABBA order, so drift within a
-round cancels); load or a faster / slower machine scales both and cancels in the ratio -- as far
-as the two networks spend their time alike.  Across machines of different kinds it does not
-fully cancel: seen in this project's CI, a half-width ResNet-20 (per-operator overhead dominates)
-against the full ResNet-20 (compute dominates) went from 0.37 to 0.60 when the reference ran
-0.53x as long on another machine.  So record a baseline on the machine class the check runs on
-and pick a reference like the model; when the reference's own speed moved by more than
-:data:`REFERENCE_DRIFT` on another device, the check warns.
+The judge's statistic (:mod:`hwcompress.judge`: the one rule of the search, ``check`` and the
+benchmarks).  Unit of evidence: one *round* = one fresh profiler process; its statistic is the
+round's median (or p90) latency in ms.  In *reference mode* each round profiles the model and the
+reference back to back (ABBA order), and a side's figure is :func:`hwcompress.judge.pair_ratio`:
+the model's fastest round over the reference's fastest round -- the device's speed without the
+time a shared machine's slow spells add (a spell adds the same ~0.12 ms to every inference of a
+small and a large network alike, so it does *not* cancel in a ratio: a pruned ResNet-20 at 0.44x
+of the full one read 0.57x in one; the median of per-round ratios, this module's rule until
+2026-12-07, then failed an unchanged small model checked in a spell against a baseline recorded
+out of one).  Without a reference, a side's figure is the model's fastest round.
 
-* point estimate ``R = median(now) / median(baseline)`` of the per-round statistics;
-* a percentile bootstrap (rounds resampled with replacement, each side independently; seeded,
-  so deterministic) gives a ``confidence`` interval ``[lo, hi]`` of R;
-* **regression iff R > 1 + tolerance AND lo > 1 + tolerance / 4.**
+* point estimate ``R = figure(now) / figure(baseline)``;
+* a percentile bootstrap (each of the four samples -- model and reference, now and in the
+  baseline -- resampled with replacement, independently; seeded, so deterministic) gives a
+  ``confidence`` interval ``[lo, hi]`` of R.  The sides whose quiet time is known from their own
+  rounds (both references, the baseline's model) count at most at the top of their quiet band
+  (:func:`hwcompress.judge.capped` at :func:`hwcompress.judge.quiet_floor`), as the judge caps its
+  reference;
+* **regression iff R > 1 + tolerance AND lo > 1 + tolerance / 4**, and the reference ran at its
+  recorded speed (its fastest round now within :data:`hwcompress.judge.QUIET_BAND` of its quiet
+  time in the baseline, either way).  A check whose reference never did ran in a slow spell (or on
+  a slower machine), or its baseline did (seen: a baseline whose reference's fastest round was 0.342
+  ms, 0.301 ms quiet, read an unchanged model 1.14x): the two sides are not at one speed of the
+  device, and the check is ``inconclusive``, never failed.
 
-Why both: ``R > 1 + tol`` alone fires whenever noise pushes a median over the limit (on a loaded
-2-core machine one round can be 30 % slow); ``lo > 1 + tol`` would miss real slowdowns of about
-the tolerance whenever the interval is wide.  The AND asks for a slowdown that is both *large*
-(the best estimate is over the limit) and *real* (the slowdown is significant: even the optimistic
-end of the interval is more than a quarter of the tolerance slower than the baseline).  Not just
-``lo > 1``: a reference does not cancel every disturbance of a shared machine (seen: the same model
-at 1.083x its baseline while the reference ran at 0.884x, R = 1.109 with lo = 1.010 — a false
-alarm under ``lo > 1``).  Not half the tolerance: measured with ``tools/bench_check.py`` on a noisy
-day (ResNet-20 reference, 20 checks each), lo > 1 detected 13/20 real 1.21x slowdowns, lo > 1.025
-13/20, lo > 1.05 8/20; none of the three raised a false alarm on 20 unchanged checks.
-Medians of rounds make one disturbed round harmless.  With n = 5 rounds the bootstrap of a median
-is coarse and rather *wide* (its 2.5 % quantile is about the smallest round), which errs towards
-no false alarm; a real 20 % slowdown at 10 % tolerance still separates because the per-round
-spread of the normalised ratio is a few % (on a quiet machine: 20/20 detected).
-When the evidence is mixed (R over the limit but not significant, or significant with an
-interval reaching over the limit) and ``max_rounds`` allows, the same number of rounds again is
-measured and the rule applied once more to all rounds.  A result that stays over the limit but
-not significant is reported as ``inconclusive`` (exit 0, with a warning): CI is not failed on noise.
+Why both conditions: ``R > 1 + tol`` alone fires whenever noise pushes an estimate over the limit;
+``lo > 1 + tol`` would miss real slowdowns of about the tolerance whenever the interval is wide.
+The AND asks for a slowdown that is both *large* (the best estimate is over the limit) and *real*
+(even the optimistic end of the interval is more than a quarter of the tolerance slower than the
+baseline).  When the evidence is mixed (R over the limit but not significant, or significant with
+an interval reaching over the limit, or no quiet round of the reference yet) and ``max_rounds``
+allows, the same number of rounds again is measured and the rule applied once more to all rounds.
+A result that stays over the limit but not significant is reported as ``inconclusive`` (exit 0,
+with a warning): CI is not failed on noise.  Measured with ``tools/bench_check.py``:
+tools/results/check.md.
 
 Memory: median peak memory of the rounds; regression iff it exceeds the baseline's median by more
 than ``memory_tolerance`` *and* by more than :data:`MEMORY_FLOOR_BYTES` (page-granularity noise of
@@ -62,7 +63,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hwcompress.errors import ArtifactError, FileMissingError, UsageError
 from hwcompress.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from hwcompress.judge import bootstrap_ratio, measure_rounds, round_settings, round_target
+from hwcompress.judge import (
+    QUIET_BAND,
+    capped,
+    measure_rounds,
+    pair_ratio,
+    quiet_floor,
+    round_settings,
+    round_target,
+)
 from hwcompress.records import Manifest, Measurement, MeasureSettings, Record, RecordError, Target
 
 if TYPE_CHECKING:
@@ -110,8 +119,8 @@ class LatencyBaseline(Record):
 
     ``rounds`` are the model's profiles (full statistics each); ``reference_rounds`` the
     reference model's, interleaved with them (empty without a reference).  Summary fields are the
-    medians over rounds (ms, bytes); ``ratio_p50`` / ``ratio_p90`` the median per-round
-    model / reference ratio (0 without a reference).
+    medians over rounds (ms, bytes); ``ratio_p50`` / ``ratio_p90`` the check's statistic, the model's
+    fastest round over the reference's (:func:`hwcompress.judge.pair_ratio`; 0 without a reference).
     """
 
     SCHEMA: ClassVar[int] = 1
@@ -162,6 +171,7 @@ class MetricVerdict(Record):
     reason: str
     n_current: int = 0
     n_baseline: int = 0
+    quiet: bool = True  # the reference ran at its recorded speed (reference mode); else the check is not failed
 
     @property
     def regression(self) -> bool:
@@ -191,7 +201,7 @@ class CheckResult(Record):
     model_changed: bool
     reference: str = ""
     reference_rounds: tuple[Measurement, ...] = ()
-    baseline_model_ms: float = 0.0  # the model's own latency (metric) in the baseline
+    baseline_model_ms: float = 0.0  # the model's own fastest round (metric) in the baseline
     current_model_ms: float = 0.0
     baseline_reference_ms: float = 0.0
     current_reference_ms: float = 0.0
@@ -240,21 +250,56 @@ def latency_verdict(
     baseline: Sequence[float],
     *,
     tolerance: float,
+    current_reference: Sequence[float] = (),
+    baseline_reference: Sequence[float] = (),
     name: str = "latency p50",
     unit: str = "ms",
     confidence: float = 0.95,
     seed: int = 0,
 ) -> MetricVerdict:
-    """Apply the rule of the module docstring to per-round values (ms, or model/reference ratios).
+    """Apply the rule of the module docstring to per-round values (ms): the model's rounds now and in
+    the baseline, and in reference mode the reference's rounds beside each (one per model round).
 
-    fail iff ratio > 1 + tolerance and ci_low > 1 + tolerance / 4 (significant); inconclusive if
-    the ratio is over the limit but not significant; else pass.
+    fail iff ratio > 1 + tolerance, ci_low > 1 + tolerance / 4 (significant) and the reference ran at
+    its recorded speed; inconclusive if the ratio is over the limit but not significant, or the
+    reference never ran at its recorded speed; else pass.
     """
-    point, low, high = bootstrap_ratio(current, baseline, confidence=confidence, seed=seed)
+    import numpy as np
+
+    if bool(current_reference) != bool(baseline_reference):
+        raise ValueError("latency_verdict needs reference rounds on both sides or on neither")
+    if not current or not baseline or min(*current, *baseline, *current_reference, *baseline_reference) <= 0:
+        raise ValueError("latency_verdict needs positive rounds on each side")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    known = [capped(v, quiet_floor(v)) for v in (baseline, current_reference, baseline_reference) if v]
+    base_m = known[0]
+    now_r, base_r = (known[1], known[2]) if current_reference else ([1.0], [1.0])
+    now_fig = pair_ratio(current, now_r if current_reference else [])
+    base_fig = pair_ratio(base_m, base_r if baseline_reference else [])
+    point = now_fig / base_fig
+
+    rng = np.random.default_rng(seed)
+
+    def fastest(values: Sequence[float]) -> Any:
+        a = np.asarray(values, dtype=np.float64)
+        return a[rng.integers(0, a.size, size=(4000, a.size))].min(axis=1) if a.size > 1 else np.full(4000, a[0])
+
+    ratios = (fastest(current) / fastest(now_r)) / (fastest(base_m) / fastest(base_r))
+    alpha = (1.0 - confidence) / 2.0
+    low, high = (float(q) for q in np.quantile(ratios, [alpha, 1.0 - alpha]))
     limit = 1.0 + tolerance
     pct = f"{100 * confidence:.0f}%"
     span = f"{point:.3f}x the baseline ({pct} CI {low:.3f}-{high:.3f})"
-    if point > limit and low > _significant(limit):
+    speed = min(current_reference) / quiet_floor(baseline_reference) if baseline_reference else 1.0
+    quiet = 1.0 / (1.0 + QUIET_BAND) <= speed <= 1.0 + QUIET_BAND
+    if point > limit and not quiet:
+        why = ("a slow spell or a slower machine, not the device's quiet speed" if speed > 1.0 else
+               "the baseline was recorded in a slow spell or on a slower machine; record it again on a quiet one")
+        status, reason = "inconclusive", (
+            f"{name} is {span}, but the reference never ran at its recorded speed (fastest round {speed:.2f}x its "
+            f"baseline's): {why}")
+    elif point > limit and low > _significant(limit):
         status, reason = "fail", f"{name} is {span}: over the {limit:.2f}x limit and significantly slower"
     elif point > limit:
         status, reason = "inconclusive", (
@@ -264,9 +309,9 @@ def latency_verdict(
     else:
         status, reason = "pass", f"{name} is {span}: within the {limit:.2f}x limit"
     return MetricVerdict(
-        name=name, unit=unit, baseline=float(statistics.median(baseline)), current=float(statistics.median(current)),
+        name=name, unit=unit, baseline=base_fig, current=now_fig,
         ratio=point, ci_low=low, ci_high=high, limit=limit, status=status, reason=reason,
-        n_current=len(current), n_baseline=len(baseline),
+        n_current=len(current), n_baseline=len(baseline), quiet=quiet,
     )
 
 
@@ -276,9 +321,11 @@ def _significant(limit: float) -> float:
 
 
 def needs_more_rounds(v: MetricVerdict) -> bool:
-    """Mixed evidence: over the limit but not significant, or slower with the CI reaching over the limit."""
+    """Mixed evidence: over the limit but not significant or with no quiet round of the reference, or
+    slower with the CI reaching over the limit."""
     over = v.ratio > v.limit
-    return (over and v.ci_low <= _significant(v.limit)) or (v.ci_low > 1.0 and not over and v.ci_high > v.limit)
+    return ((over and (v.ci_low <= _significant(v.limit) or not v.quiet))
+            or (v.ci_low > 1.0 and not over and v.ci_high > v.limit))
 
 
 def memory_verdict(
@@ -311,15 +358,6 @@ def metric_values(rounds: Sequence[Measurement], metric: str) -> list[float]:
     if metric not in METRICS:
         raise UsageError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
     return [r.latency.median_ms if metric == "p50" else r.latency.p90_ms for r in rounds]
-
-
-def normalised(model: Sequence[Measurement], reference: Sequence[Measurement], metric: str) -> list[float]:
-    """Per-round model / reference latency ratios (or the model's ms without a reference)."""
-    m = metric_values(model, metric)
-    if not reference:
-        return m
-    r = metric_values(reference, metric)
-    return [a / b for a, b in zip(m, r, strict=True)]
 
 
 # --------------------------------------------------------------------------- models and baselines
@@ -430,7 +468,7 @@ def record_baseline(
         raise UsageError(f"--rounds {rounds}: a baseline needs at least {MIN_ROUNDS} rounds")
     tgt = round_target(target, settings)
     ms, rs = measure_rounds(model.path, tgt, rounds, reference=reference.path if reference else None, runner=runner)
-    ratios = {m: statistics.median(normalised(ms, rs, m)) if rs else 0.0 for m in METRICS}
+    ratios = {m: pair_ratio(metric_values(ms, m), metric_values(rs, m)) if rs else 0.0 for m in METRICS}
     return LatencyBaseline(
         kind=BASELINE_KIND,
         model=model.spec,
@@ -542,20 +580,24 @@ def run_check(
     tgt = round_target(target, settings)
     model_sha = sha256_file(model.path)
     ref_path = reference.path if reference else None
-    base_values = normalised(base_rounds, base_ref, opts.metric)
     mode = "reference" if ref_path else "absolute"
     name = f"latency {opts.metric}" + (" (model/reference)" if ref_path else "")
 
+    def decide(ms: list[Measurement], rs: list[Measurement]) -> MetricVerdict:
+        return latency_verdict(metric_values(ms, opts.metric), metric_values(base_rounds, opts.metric),
+                               current_reference=metric_values(rs, opts.metric),
+                               baseline_reference=metric_values(base_ref, opts.metric), tolerance=opts.tolerance,
+                               name=name, unit="ratio" if ref_path else "ms", confidence=opts.confidence,
+                               seed=opts.seed)
+
     ms, rs = measure_rounds(model.path, tgt, opts.rounds, reference=ref_path, runner=runner)
-    verdict = latency_verdict(normalised(ms, rs, opts.metric), base_values, tolerance=opts.tolerance, name=name,
-                              unit="ratio" if ref_path else "ms", confidence=opts.confidence, seed=opts.seed)
+    verdict = decide(ms, rs)
     while needs_more_rounds(verdict) and len(ms) < opts.max_rounds:
         more = min(opts.rounds, opts.max_rounds - len(ms))
         log.info("%s: mixed evidence after %d rounds; measuring %d more", verdict.name, len(ms), more)
         m2, r2 = measure_rounds(model.path, tgt, more, reference=ref_path, runner=runner, start=len(ms))
         ms, rs = ms + m2, rs + r2
-        verdict = latency_verdict(normalised(ms, rs, opts.metric), base_values, tolerance=opts.tolerance, name=name,
-                                  unit="ratio" if ref_path else "ms", confidence=opts.confidence, seed=opts.seed)
+        verdict = decide(ms, rs)
     if verdict.status == "inconclusive":
         warns.append(f"{verdict.reason}; not failing the check on noise — re-run on a quieter machine or with more --rounds")
     mem = memory_verdict([m.peak_memory_bytes for m in ms], [m.peak_memory_bytes for m in base_rounds],
@@ -564,8 +606,8 @@ def run_check(
     if mode == "absolute" and base_device != ms[0].device:
         warns.append(f"absolute latency compared across machines: the baseline ran on '{base_device}', this check "
                      f"on '{ms[0].device}'; use --reference to cancel machine speed")
-    base_ref_ms = float(statistics.median(metric_values(base_ref, opts.metric))) if base_ref else 0.0
-    ref_ms = float(statistics.median(metric_values(rs, opts.metric))) if rs else 0.0
+    base_ref_ms = min(metric_values(base_ref, opts.metric)) if base_ref else 0.0
+    ref_ms = min(metric_values(rs, opts.metric)) if rs else 0.0
     if base_ref_ms and ref_ms:
         speed = ref_ms / base_ref_ms
         if not 1 / REFERENCE_DRIFT <= speed <= REFERENCE_DRIFT:
@@ -593,8 +635,8 @@ def run_check(
         model_changed=model_sha != base_sha,
         reference=reference.spec if reference else "",
         reference_rounds=tuple(rs),
-        baseline_model_ms=float(statistics.median(metric_values(base_rounds, opts.metric))),
-        current_model_ms=float(statistics.median(metric_values(ms, opts.metric))),
+        baseline_model_ms=min(metric_values(base_rounds, opts.metric)),
+        current_model_ms=min(metric_values(ms, opts.metric)),
         baseline_reference_ms=base_ref_ms,
         current_reference_ms=ref_ms,
         warnings=tuple(warns),

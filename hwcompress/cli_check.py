@@ -117,7 +117,7 @@ def _baseline_table(b: LatencyBaseline) -> Table:
     if b.reference_rounds:
         table.add_row("reference", b.reference)
         table.add_row("reference p50", f"{statistics.median(r.latency.median_ms for r in b.reference_rounds):.4f} ms")
-        table.add_row("model / reference p50", f"{b.ratio_p50:.4f}")
+        table.add_row("model / reference p50 (fastest rounds)", f"{b.ratio_p50:.4f}")
     table.add_row("rounds", f"{len(b.rounds)} (fresh process each, {b.target.measure.min_seconds:g} s timed)")
     table.add_row("device", b.machine.device)
     table.add_row("load average (1 min)", f"{b.machine.load_1min:g} on {b.machine.cpu_count} CPUs")
@@ -228,9 +228,9 @@ def _print_check(r: CheckResult, junit: Path | None) -> None:
     _verdict_row(table, lat, f"{lat.baseline:.4f}{unit}", f"{lat.current:.4f}{unit}")
     _verdict_row(table, r.memory, _mib(r.memory.baseline), _mib(r.memory.current))
     if r.mode == "reference":
-        table.add_row(f"  model {r.metric}", f"{r.baseline_model_ms:.4f} ms", f"{r.current_model_ms:.4f} ms",
+        table.add_row(f"  model {r.metric}, fastest round", f"{r.baseline_model_ms:.4f} ms", f"{r.current_model_ms:.4f} ms",
                       f"{r.current_model_ms / r.baseline_model_ms:.3f}", "", "[dim]info[/]")
-        table.add_row(f"  reference {r.metric} (machine speed)", f"{r.baseline_reference_ms:.4f} ms",
+        table.add_row(f"  reference {r.metric}, fastest (machine speed)", f"{r.baseline_reference_ms:.4f} ms",
                       f"{r.current_reference_ms:.4f} ms", f"{r.current_reference_ms / r.baseline_reference_ms:.3f}",
                       "", "[dim]info[/]")
     out.print(table)

@@ -30,11 +30,10 @@ A search *reads* its candidates with the same statistic (:class:`Reader`): a few
 the scale of the baseline's latency at the search's start.  Its readings, its predictor's fit, its
 reward and its verdicts then share one statistic.
 
-``hwcompress check`` takes its pairs with :func:`measure_rounds` too, and fails a build only on a
-*significant* slowdown past its tolerance (interval's low end past a quarter of the tolerance,
-:func:`hwcompress.check.latency_verdict`); it still compares the median of per-round ratios with
-the ones recorded in the baseline (both sides of that comparison see the machine's spells alike,
-on average; moving it to the fastest profiles is open).
+``hwcompress check`` takes its pairs with :func:`measure_rounds` too and compares :func:`pair_ratio`
+now with the one in its recorded baseline, the known sides capped as here
+(:func:`hwcompress.check.latency_verdict`); it fails a build only on a *significant* slowdown past
+its tolerance, taken while the reference ran at its recorded quiet speed.
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@
 Records one baseline of ResNet-20 (reference mode), then runs ``hwcompress check`` ``--runs``
 times on the unchanged model and ``--runs`` times on a really slower variant (ResNet-20 with one
 extra basic block in stages 2 and 3: ~1.2x the latency), alternating the two so both see the same
-machine load.  Every check is a separate ``python -m hwcompress check --json`` process.  For
-comparison, the absolute-mode verdict (model ms now vs model ms in the baseline, no reference) is
-computed from the same measurements.
+machine load.  ``--small``: both at half width (a pruned model) against the full ResNet-20 as the
+reference, the case a slow spell's added time does not cancel in.  Every check is a separate ``python -m hwcompress check --json`` process.  For
+comparison, the absolute-mode verdict (model ms now vs model ms in the baseline, no reference) and
+the rule ``check`` had until 2026-12-07 (the median of per-round model/reference ratios, same
+significance test: :func:`median_rule`) are computed from the same measurements.
 
-    .venv/bin/python tools/bench_check.py [--runs 20] [--reference resnet-20]
+    .venv/bin/python tools/bench_check.py [--runs 20] [--reference resnet-20] [--small]
 
 Prints counts, the achieved slowdown factor, timings and the load average; exit 1 if the goal
 (0 false alarms, all slow runs detected) is missed.
@@ -28,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 
-def build_models(workdir: Path) -> tuple[Path, Path]:
-    """The built-in ResNet-20 (fixed-seed weights) and the same network with two extra blocks."""
+def build_models(workdir: Path, small: bool = False) -> tuple[Path, Path]:
+    """The built-in ResNet-20 (fixed-seed weights) and the same network with two extra blocks; with
+    ``small``, both at half width (8/16/32 channels: a pruned model, checked against the full reference)."""
     import torch
     from torch import nn
 
@@ -37,14 +40,31 @@ def build_models(workdir: Path) -> tuple[Path, Path]:
     from hwcompress.pipeline import model_to_onnx
     from hwcompress.zoo.models import BasicBlock, ResNet20
 
-    base = model_to_onnx("resnet-20", (1, 28, 28))
+    widths = (8, 16, 32) if small else (16, 32, 64)
     torch.manual_seed(0)
-    net = ResNet20(in_channels=1, num_classes=10)
+    if small:
+        base = export_onnx(ResNet20(in_channels=1, num_classes=10, widths=widths), (1, 1, 28, 28),
+                           workdir / "resnet-20-half.onnx")
+    else:
+        base = model_to_onnx("resnet-20", (1, 28, 28))
+    net = ResNet20(in_channels=1, num_classes=10, widths=widths)
     blocks = list(net.layers)
-    # 3 blocks per stage (16, 32, 64 channels); add one block after stage 2 and one after stage 3
-    net.layers = nn.Sequential(*blocks[:6], BasicBlock(32, 32, 1), *blocks[6:], BasicBlock(64, 64, 1))
-    slow = export_onnx(net, (1, 1, 28, 28), workdir / "resnet-20-plus2blocks.onnx")
+    # 3 blocks per stage; add one block after stage 2 and one after stage 3
+    net.layers = nn.Sequential(*blocks[:6], BasicBlock(widths[1], widths[1], 1), *blocks[6:],
+                               BasicBlock(widths[2], widths[2], 1))
+    slow = export_onnx(net, (1, 1, 28, 28), workdir / f"resnet-20{'-half' if small else ''}-plus2blocks.onnx")
     return base, slow
+
+
+def median_rule(now_m: list[float], now_r: list[float], base_m: list[float], base_r: list[float], tol: float) -> tuple[str, float]:
+    """The check's rule until 2026-12-07 on the same rounds: R = median of now's per-round ratios over the
+    baseline's, percentile bootstrap of medians; fail iff R > 1 + tol and its low end > 1 + tol / 4."""
+    from hwcompress.judge import bootstrap_ratio
+
+    point, low, _ = bootstrap_ratio([m / r for m, r in zip(now_m, now_r, strict=True)],
+                                    [m / r for m, r in zip(base_m, base_r, strict=True)])
+    status = "pass" if point <= 1 + tol else "fail" if low > 1 + tol / 4 else "inconclusive"
+    return status, point
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -65,13 +85,17 @@ def main() -> int:
     p.add_argument("--tolerance", default="10%")
     p.add_argument("--metric", default="p50")
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--save", type=Path, default=None, help="write every check's rounds and verdicts here (JSON)")
+    p.add_argument("--small", action="store_true",
+                   help="check a half-width ResNet-20 (a pruned model) against the full reference: a slow spell's "
+                        "added time moves their ratio (tools/results/verdicts.md)")
     args = p.parse_args()
 
     from hwcompress.check import LatencyBaseline, latency_verdict, parse_fraction
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_check_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    base, slow = build_models(workdir)
+    base, slow = build_models(workdir, args.small)
     baseline = workdir / "baseline.json"
     print(f"load average at start: {load():.2f} on {os.cpu_count()} CPUs")
     t = time.perf_counter()
@@ -83,6 +107,7 @@ def main() -> int:
     print(f"baseline ({args.baseline_rounds} rounds, reference {args.reference}): {time.perf_counter() - t:.1f} s")
     b = LatencyBaseline.from_dict(json.loads(baseline.read_text()))
     base_ms = [r.latency.median_ms if args.metric == "p50" else r.latency.p90_ms for r in b.rounds]
+    base_ref = [r.latency.median_ms if args.metric == "p50" else r.latency.p90_ms for r in b.reference_rounds]
     tol = parse_fraction(args.tolerance)
 
     results: dict[str, list[dict[str, Any]]] = {"unchanged": [], "slower": []}
@@ -98,15 +123,20 @@ def main() -> int:
             r = json.loads(res.stdout)
             key = "median_ms" if args.metric == "p50" else "p90_ms"
             now_ms = [m["latency"][key] for m in r["rounds"]]
+            now_ref = [m["latency"][key] for m in r["reference_rounds"]]
             absolute = latency_verdict(now_ms, base_ms, tolerance=tol, name="absolute")
+            old, old_ratio = median_rule(now_ms, now_ref, base_ms, base_ref, tol)
             lat = r["latency"]
             results[label].append({"exit": res.returncode, "status": lat["status"], "ratio": lat["ratio"],
                                    "lo": lat["ci_low"], "hi": lat["ci_high"], "rounds": len(r["rounds"]),
                                    "wall": wall, "model_ms": r["current_model_ms"], "abs": absolute.status,
-                                   "abs_ratio": absolute.ratio, "load": r["machine"]["load_1min"]})
+                                   "abs_ratio": absolute.ratio, "load": r["machine"]["load_1min"], "quiet": lat["quiet"],
+                                   "median_rule": old, "median_ratio": old_ratio, "model_ms_rounds": now_ms,
+                                   "reference_ms_rounds": now_ref})
             print(f"{label:9s} run {i + 1:2d}: exit {res.returncode} {lat['status']:12s} ratio {lat['ratio']:.3f} "
                   f"[{lat['ci_low']:.3f}, {lat['ci_high']:.3f}] rounds {len(r['rounds']):2d} {wall:5.1f} s | "
-                  f"absolute {absolute.ratio:.3f} {absolute.status:12s} | load {r['machine']['load_1min']:.2f}",
+                  f"absolute {absolute.ratio:.3f} {absolute.status:12s} | median rule {old_ratio:.3f} {old:12s} | "
+                  f"load {r['machine']['load_1min']:.2f}",
                   flush=True)
 
     un, sl = results["unchanged"], results["slower"]
@@ -125,11 +155,21 @@ def main() -> int:
     print(f"absolute mode on the same measurements: false alarms {sum(r['abs'] == 'fail' for r in un)}/{len(un)}, "
           f"detections {sum(r['abs'] == 'fail' for r in sl)}/{len(sl)}; unchanged ratio range "
           f"{min(r['abs_ratio'] for r in un):.3f}-{max(r['abs_ratio'] for r in un):.3f}")
+    print(f"the median rule (until 2026-12-07) on the same rounds: false alarms "
+          f"{sum(r['median_rule'] == 'fail' for r in un)}/{len(un)}, detections "
+          f"{sum(r['median_rule'] == 'fail' for r in sl)}/{len(sl)}; unchanged ratio range "
+          f"{min(r['median_ratio'] for r in un):.3f}-{max(r['median_ratio'] for r in un):.3f}")
+    print(f"  not at the reference's recorded speed (no quiet round): {sum(not r['quiet'] for r in un + sl)}/{len(walls)}")
     print(f"reference-mode unchanged ratio range {min(r['ratio'] for r in un):.3f}-{max(r['ratio'] for r in un):.3f}, "
           f"slower {min(r['ratio'] for r in sl):.3f}-{max(r['ratio'] for r in sl):.3f}")
     print(f"one check: median {statistics.median(walls):.1f} s, max {max(walls):.1f} s (wall, incl. CLI start)")
     print(f"load average (1 min) during checks: {min(loads):.2f}-{max(loads):.2f}, now {load():.2f} "
           f"on {os.cpu_count()} CPUs")
+    if args.save:
+        args.save.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "baseline": {"model_ms": base_ms, "reference_ms": base_ref},
+                                         "checks": results}, indent=1) + "\n")
+        print(f"wrote {args.save}")
     return 0 if false_alarms == 0 and detections == len(sl) else 1
 
 

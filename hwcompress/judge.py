@@ -62,7 +62,11 @@ log = logging.getLogger(__name__)
 #: seen often enough for the bootstrap to trust it (grid seed 0, resnet-20 0.5x: a stage-2 winner
 #: judged 0.397x on 4 pairs was 0.507x on 10 at the end).
 MIN_PAIRS = 6
-MAX_PAIRS = 10
+#: Most pairs a quiet verdict takes.  The interval's high end is the ratio with the model's second or
+#: third fastest profile: it stays wide until the model's fast state was seen several times, which on a
+#: busy machine takes more than 10 pairs (grid seed 1, resnet-20 0.5x: a stage-2 mix judged 0.428x,
+#: high end 0.492x after 10 pairs, was not confirmed at 0.49x and gave way to a narrower model).
+MAX_PAIRS = 16
 READING_PAIRS = 3  # pairs per search reading (see Reader); the judge takes MIN_PAIRS..MAX_PAIRS
 CONFIDENCE = 0.95
 #: A verdict whose reference never came within this of the reference's fastest profile this process

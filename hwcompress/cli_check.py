@@ -79,7 +79,7 @@ def baseline(
         typer.Option("--target", "-t", help="Target name or .toml path (default: an artifact's manifest target, else x86-cpu)"),
     ] = None,
     reference: ReferenceOpt = None,
-    rounds: Annotated[int, typer.Option("--rounds", help=RoundsHelp)] = 10,
+    rounds: Annotated[int, typer.Option("--rounds", help=RoundsHelp)] = 20,  # check.DEFAULT_BASELINE_ROUNDS
     min_seconds: MinSecondsOpt = None,
     input_shape: ShapeOpt = "1,28,28",
     num_classes: ClassesOpt = 10,
@@ -140,7 +140,7 @@ def check(
     reference: ReferenceOpt = None,
     rounds: Annotated[int, typer.Option("--rounds", help=RoundsHelp)] = 5,
     max_rounds: Annotated[
-        int | None, typer.Option("--max-rounds", help="Rounds at most when the first ones are inconclusive (default 2x)")
+        int | None, typer.Option("--max-rounds", help="Rounds at most while the evidence is mixed, and before a failure stands (default 4x)")
     ] = None,
     confidence: Annotated[float, typer.Option("--confidence", help="Bootstrap confidence level")] = 0.95,
     min_seconds: MinSecondsOpt = None,
@@ -187,7 +187,7 @@ def check(
         settings = round_settings(tgt, min_seconds)
     opts = CheckOptions(
         tolerance=tol, memory_tolerance=mem_tol, metric=metric, rounds=rounds,
-        max_rounds=max(rounds, max_rounds if max_rounds is not None else 2 * rounds),
+        max_rounds=max(rounds, max_rounds if max_rounds is not None else 4 * rounds),
         confidence=confidence, settings=settings,
     )
     result = run_check(m, tgt, base, baseline_source=str(source), reference=ref, options=opts)

@@ -67,6 +67,7 @@ from hwcompress.errors import ArtifactError, FileMissingError, UsageError
 from hwcompress.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from hwcompress.judge import (
     QUIET_BAND,
+    bootstrap_pairs,
     capped,
     measure_rounds,
     pair_ratio,
@@ -267,30 +268,14 @@ def latency_verdict(
     its recorded speed; inconclusive if the ratio is over the limit but not significant, or the
     reference never ran at its recorded speed; else pass.
     """
-    import numpy as np
-
     if bool(current_reference) != bool(baseline_reference):
         raise ValueError("latency_verdict needs reference rounds on both sides or on neither")
-    if not current or not baseline or min(*current, *baseline, *current_reference, *baseline_reference) <= 0:
-        raise ValueError("latency_verdict needs positive rounds on each side")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    known = [capped(v, min(v)) for v in (baseline, current_reference, baseline_reference) if v]
-    base_m = known[0]
-    now_r, base_r = (known[1], known[2]) if current_reference else ([1.0], [1.0])
-    now_fig = pair_ratio(current, now_r if current_reference else [])
-    base_fig = pair_ratio(base_m, base_r if baseline_reference else [])
-    point = now_fig / base_fig
-
-    rng = np.random.default_rng(seed)
-
-    def fastest(values: Sequence[float]) -> Any:
-        a = np.asarray(values, dtype=np.float64)
-        return a[rng.integers(0, a.size, size=(4000, a.size))].min(axis=1) if a.size > 1 else np.full(4000, a[0])
-
-    ratios = (fastest(current) / fastest(now_r)) / (fastest(base_m) / fastest(base_r))
-    alpha = (1.0 - confidence) / 2.0
-    low, high = (float(q) for q in np.quantile(ratios, [alpha, 1.0 - alpha]))
+    if not current or not baseline:
+        raise ValueError("latency_verdict needs rounds on each side")
+    # the sides whose quiet time their own rounds show count at most at the top of its band, as the judge's reference
+    base_m, now_r, base_r = (capped(v, min(v)) if v else [] for v in (baseline, current_reference, baseline_reference))
+    point, low, high = bootstrap_pairs(current, now_r, base_m, base_r, confidence=confidence, seed=seed)
+    now_fig, base_fig = pair_ratio(current, now_r), pair_ratio(base_m, base_r)
     limit = 1.0 + tolerance
     pct = f"{100 * confidence:.0f}%"
     span = f"{point:.3f}x the baseline ({pct} CI {low:.3f}-{high:.3f})"

@@ -5,8 +5,8 @@ check`` in CI and ``tools/bench_compare.py``'s budget column — is taken from f
 model taken *in pairs* with a reference (the unpruned baseline, or the reference model of a
 latency baseline), in ABBA order, each profile a fresh process (:func:`measure_rounds`).  The
 statistic is :func:`pair_ratio`: the model's fastest profile over the reference's fastest profile
-among the verdict's pairs, with a 95 % percentile-bootstrap interval (:func:`bootstrap_ratio`,
-``statistic="min"``), compared with the limit:
+among the verdict's pairs, with a 95 % percentile-bootstrap interval (:func:`bootstrap_pairs`, which
+``hwcompress check`` shares), compared with the limit:
 
 - pairs are added (``min_pairs`` .. ``max_pairs``) while the interval still straddles the limit;
 - the ratio decides: ``within`` iff ratio <= limit.  ``decided`` says whether the interval lay on
@@ -140,7 +140,9 @@ def bootstrap_ratio(
     resamples: int = 4000,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """``(point, low, high)`` of ``stat(current) / stat(baseline)``; percentile bootstrap.
+    """``(point, low, high)`` of ``stat(current) / stat(baseline)``; percentile bootstrap (the benchmarks'
+    comparison with the median rules the judge and ``check`` had until 2026-12-07; the judge's own interval
+    is :func:`bootstrap_pairs`).
 
     Both samples are resampled with replacement, independently (a one-value baseline is held
     fixed).  ``statistic``: ``median``, ``mean`` or ``min`` (the judge's).  Deterministic for a
@@ -170,6 +172,45 @@ def bootstrap_ratio(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
     point = float(stat(c)) / float(stat(b))
+    return point, float(low), float(high)
+
+
+def bootstrap_pairs(
+    model: Sequence[float],
+    reference: Sequence[float] = (),
+    base_model: Sequence[float] = (),
+    base_reference: Sequence[float] = (),
+    *,
+    confidence: float = CONFIDENCE,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(point, low, high)`` of the judge's statistic, :func:`pair_ratio` (``model``'s fastest over
+    ``reference``'s; ``model``'s fastest without one), and with ``base_model`` (``hwcompress check``: the
+    same figure recorded in a baseline) of its ratio to ``pair_ratio(base_model, base_reference)``.
+    Percentile bootstrap, each sample resampled with replacement independently (a one-value sample held
+    fixed); deterministic for a given ``seed``.  The judge's verdicts and ``check`` take their intervals here."""
+    import numpy as np
+
+    if not model or (reference and len(reference) != len(model)) or (base_reference and len(base_reference) != len(base_model)):
+        raise ValueError("bootstrap_pairs needs rounds, and one reference round per model round")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if min(*model, *reference, *base_model, *base_reference) <= 0:
+        raise ValueError("bootstrap_pairs needs positive values")
+    rng = np.random.default_rng(seed)
+
+    def fastest(values: Sequence[float]) -> Any:
+        a = np.asarray(values, dtype=np.float64)
+        return a[rng.integers(0, a.size, size=(resamples, a.size))].min(axis=1) if a.size > 1 else np.full(resamples, a[0])
+
+    ratios = fastest(model) / fastest(reference or [1.0])
+    point = pair_ratio(model, reference)
+    if base_model:
+        ratios = ratios / (fastest(base_model) / fastest(base_reference or [1.0]))
+        point /= pair_ratio(base_model, base_reference)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
     return point, float(low), float(high)
 
 
@@ -268,8 +309,7 @@ def decide(model_ms: Sequence[float], reference_ms: Sequence[float], limit: floa
     :data:`QUIET_BAND` of it was taken in a slow spell (``quiet=False``) and is not decided."""
     if reference_ms and len(reference_ms) != len(model_ms):
         raise ValueError("decide needs one reference round per model round")
-    ref = capped(reference_ms, floor_ms) or [1.0]
-    point, low, high = bootstrap_ratio(list(model_ms), ref, statistic="min", seed=seed)
+    point, low, high = bootstrap_pairs(model_ms, capped(reference_ms, floor_ms), seed=seed)
     quiet = not reference_ms or floor_ms is None or min(reference_ms) <= floor_ms * (1.0 + QUIET_BAND)
     return Verdict(ratio=point, ci_low=low, ci_high=high, limit=limit, within=point <= limit,
                    decided=quiet and (high <= limit or low > limit), model_ms=tuple(model_ms),

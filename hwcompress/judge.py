@@ -145,7 +145,7 @@ def bootstrap_ratio(
     is :func:`bootstrap_pairs`).
 
     Both samples are resampled with replacement, independently (a one-value baseline is held
-    fixed).  ``statistic``: ``median``, ``mean`` or ``min`` (the judge's).  Deterministic for a
+    fixed).  ``statistic``: ``median``, ``mean`` or ``min``.  Deterministic for a
     given ``seed``.
     """
     import numpy as np

@@ -23,7 +23,8 @@ echo "[ci_check] load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || ec
 # Rounds: on some machines a small model's profile is bimodal from one process to the next (seen
 # 2026-12-04, a VNNI EPYC: the demo artifact 0.23 or 0.31 ms per fresh process, whatever the CPU,
 # ASLR or ORT's arena; tools/results/findings.md), and 5 rounds read a same-model 1.28x "regression"
-# once: a baseline of 20 rounds and checks of 10, extended to 30 while inconclusive.
+# once: a baseline of 20 rounds and checks of 10, extended to 30 while the evidence is mixed and before a
+# failure stands (tools/results/check.md).
 $hw baseline tools/ci/demo-artifact --target x86-cpu --reference resnet-20 --rounds 20 \
     --out "$out_dir/demo-baseline.json"
 

@@ -25,8 +25,9 @@ out of one).  Without a reference, a side's figure is the model's fastest round.
   rounds (both references, the baseline's model) count at most at the top of their quiet band
   (:func:`hwcompress.judge.capped` at their fastest round), as the judge caps its reference;
 * **regression iff R > 1 + tolerance AND lo > 1 + tolerance / 4**, and the reference ran at its
-  recorded speed (its fastest round now within :data:`hwcompress.judge.QUIET_BAND` of its quiet
-  time in the baseline, either way).  A check whose reference never did ran in a slow spell (or on
+  recorded speed (its fastest round now at most :data:`hwcompress.judge.QUIET_BAND` slower than
+  in the baseline); where it ran faster, the baseline's reference was slow and R may be overstated
+  by up to that factor, so R and lo are scaled by it before they are compared.  A check whose reference never did ran in a slow spell (or on
   a slower machine), or its baseline did (seen: a baseline whose reference's fastest round was 0.342
   ms, 0.301 ms quiet, read an unchanged model 1.14x; a check whose reference never ran quiet read a
   1.15x slower model 1.00x): the two sides are not at one speed of the device, and the check is

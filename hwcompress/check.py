@@ -27,11 +27,10 @@ out of one).  Without a reference, a side's figure is the model's fastest round.
 * **regression iff R > 1 + tolerance AND lo > 1 + tolerance / 4**, and the reference ran at its
   recorded speed (its fastest round now at most :data:`hwcompress.judge.QUIET_BAND` slower than
   in the baseline); where it ran faster, the baseline's reference was slow and R may be overstated
-  by up to that factor, so R and lo are scaled by it before they are compared.  A check whose reference never did ran in a slow spell (or on
-  a slower machine), or its baseline did (seen: a baseline whose reference's fastest round was 0.342
-  ms, 0.301 ms quiet, read an unchanged model 1.14x; a check whose reference never ran quiet read a
-  1.15x slower model 1.00x): the two sides are not at one speed of the device, and the check is
-  ``inconclusive`` whichever way it reads: neither failed nor passed on that evidence.
+  by up to that factor, so R and lo are scaled by it before they are compared (seen: a baseline
+  whose reference's fastest round was 0.342 ms, 0.301 ms quiet, read an unchanged model 1.14x).  A
+  check whose reference ran more than that slower than recorded ran in a slow spell (or on a slower
+  machine: seen, a 1.15x slower model read 1.00x) and is ``inconclusive`` whichever way it reads.
 
 Why both conditions: ``R > 1 + tol`` alone fires whenever noise pushes an estimate over the limit;
 ``lo > 1 + tol`` would miss real slowdowns of about the tolerance whenever the interval is wide.

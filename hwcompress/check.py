@@ -279,9 +279,7 @@ def latency_verdict(
     limit = 1.0 + tolerance
     pct = f"{100 * confidence:.0f}%"
     span = f"{point:.3f}x the baseline ({pct} CI {low:.3f}-{high:.3f})"
-    # the reference's speed now against its quiet time in the baseline: the fastest of a baseline's few rounds
-    # (its 2nd fastest, the judge's floor from 10 profiles on, was itself in a spell in a baseline of 10 rounds
-    # taken in a busy phase, and every check then read the reference 'faster than recorded')
+    # the reference's fastest round now over its fastest in the baseline (a baseline's few rounds: no percentile)
     speed = min(current_reference) / min(baseline_reference) if baseline_reference else 1.0
     # a reference slower now than recorded: a slow spell (or machine) now, nothing is decided; a reference faster
     # now: the baseline's was slow, its figure understated by at most ``speed`` -- a failure must hold with R

@@ -94,12 +94,6 @@ def reference_floor(reference: Path, target: Target, runner: Runner | None = Non
     every later verdict look slow); inf with none."""
     profiles = _fastest.setdefault(_key(reference, target, runner), [])
     profiles.extend(seen)
-    return quiet_floor(profiles)
-
-
-def quiet_floor(profiles: Sequence[float]) -> float:
-    """The quiet time of a model's profiles: the fastest, or from 10 profiles on their 10th percentile;
-    inf with none."""
     if not profiles:
         return math.inf
     ordered = sorted(profiles)

@@ -172,6 +172,14 @@ def test_a_check_whose_reference_never_ran_quiet_is_not_failed() -> None:
     slow_m = [0.204 + SPELL, 0.204, 0.205 + SPELL, 0.204 + SPELL, 0.206 + SPELL]
     v4 = latency_verdict(slow_m, BASE_M, current_reference=now_r, baseline_reference=BASE_R, tolerance=0.10)
     assert v4.ratio < 1.0 and not v4.quiet and v4.status == "inconclusive" and needs_more_rounds(v4)
+    # a 1.5x slower model in the same spell: over the limit even with the spell's whole added time taken off it
+    in_spell = [0.255 + SPELL, 0.256 + SPELL, 0.255 + SPELL, 0.257 + SPELL, 0.256 + SPELL]
+    v6 = latency_verdict(in_spell, BASE_M, current_reference=now_r, baseline_reference=BASE_R, tolerance=0.10)
+    assert not v6.quiet and v6.status == "fail" and "taken off the model" in v6.reason and needs_more_rounds(v6)
+    # a model pruned to 0.3x of its time, in the same spell: within even if the spell slowed only the reference
+    pruned = [0.051 + SPELL, 0.052 + SPELL, 0.051 + SPELL, 0.051 + SPELL, 0.052 + SPELL]
+    v7 = latency_verdict(pruned, BASE_M, current_reference=now_r, baseline_reference=BASE_R, tolerance=0.10)
+    assert not v7.quiet and v7.status == "pass" and "slowed only the reference" in v7.reason
     # a baseline recorded with its reference in a spell: the unchanged model reads slower, and is not failed
     v3 = latency_verdict(BASE_M[:5], BASE_M, current_reference=BASE_R[:5],
                          baseline_reference=[r + SPELL for r in BASE_R], tolerance=0.10)

@@ -130,13 +130,20 @@ def test_a_machine_faster_than_estimated_lets_the_wider_better_candidate_in() ->
     calls, judge = _judge({"wide": 0.52, "narrow": 0.393, "o": 0.38}, limit=0.49)
     best, _ = pick([wide, narrow, other], judge, aim_ms=0.49, scale_ms=1.0, predict=predict)
     assert calls == ["narrow", "wide"] and best is narrow
-    # with the tries spent (the wide one and its projection judged over, a second projection on top), the
-    # best-ranked candidate judged within wins
-    calls, judge = _judge({"wide": 0.52, "narrow": 0.393, "o": 0.38, "p1": 0.50, "p2": 0.49}, limit=0.49)
+    # with the tries spent (the wide one and its projection judged over), the second projection, on top of
+    # the ranking, is still judged: confirmed, it wins over the narrower candidate judged within first ...
+    calls, judge = _judge({"wide": 0.52, "narrow": 0.393, "o": 0.38, "p1": 0.50, "p2": 0.48}, limit=0.49)
     shots = iter([cand("p1", 0.36, 0.925), cand("p2", 0.35, 0.924)])
     best, judged = pick([wide, narrow, other], judge, aim_ms=0.49, scale_ms=1.0, predict=predict,
                         project=lambda c, v: next(shots))
-    assert calls == ["narrow", "wide", "p1"] and best is narrow and len(judged) == 3
+    assert calls == ["narrow", "wide", "p1", "p2"] and best is not None and best.policy.keep == {"p2": 0.5}
+    assert [j.how for j in judged] == ["ranked", "ranked", "projected", "projected"]
+    # ... and judged over, the best-ranked candidate judged within wins (no third projection: two at most)
+    calls, judge = _judge({"wide": 0.52, "narrow": 0.393, "o": 0.38, "p1": 0.50, "p2": 0.50}, limit=0.49)
+    shots = iter([cand("p1", 0.36, 0.925), cand("p2", 0.35, 0.924)])
+    best, judged = pick([wide, narrow, other], judge, aim_ms=0.49, scale_ms=1.0, predict=predict,
+                        project=lambda c, v: next(shots))
+    assert calls == ["narrow", "wide", "p1", "p2"] and best is narrow and len(judged) == 4
 
 
 def test_a_candidate_judged_over_competes_again_as_its_projection() -> None:

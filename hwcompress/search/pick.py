@@ -111,7 +111,10 @@ def pick(
        Each one judged over is projected by ``project`` onto the predictor's region (keeping its shape,
        measured and scored like any candidate), and the projection joins the ranking: a best candidate
        judged just over competes, a little narrower, with the next best instead of giving way to it.
-       :data:`PROJECTIONS` projections at most.  Tries spent: the best-ranked candidate judged within.
+       :data:`PROJECTIONS` projections at most, each judged when it tops the ranking, tries spent or not
+       (seen: stage 1 spent its tries on a candidate confirmed at 0.74 of the limit and two judged over,
+       and kept the first while both projections, ranked above it, waited).  Tries spent with no
+       projection on top: the best-ranked candidate judged within.
     2. Else the projections not judged yet are judged (the latest first), then the last judged is
        projected and the projection judged, while projections are left.  A projection onto a policy
        among the candidates that was not judged is that candidate (the predictor's choice is judged).
@@ -177,8 +180,8 @@ def pick(
     while (top := next(iter(order()), None)) is not None:
         if (v := verdict_of(top)) is not None and v.confirmed:
             return top, verdicts()  # the top of the ranking, confirmed by the judge
-        if tries >= PICK_TRIES:
-            break
+        if tries >= PICK_TRIES and top.policy.digest() not in made:
+            break  # the tries bound the agent's candidates; a projection on top is judged (PROJECTIONS at most)
         tries += 1
         if not one(top, "projected" if top.policy.digest() in made else "ranked"):
             projected(top, judged[-1][1].verdict)

@@ -5,10 +5,7 @@ Records one baseline of ResNet-20 (reference mode), then runs ``hwcompress check
 times on the unchanged model and ``--runs`` times on a really slower variant (ResNet-20 with one
 extra basic block in stages 2 and 3: ~1.2x the latency), alternating the two so both see the same
 machine load.  ``--small``: both at half width (a pruned model) against the full ResNet-20 as the
-reference, the case a slow spell's added time does not cancel in.  ``--busy N``: N processes streaming
-memory run through the checks (not the baseline), so that every check runs on a machine slower than
-the one its baseline was recorded on (the reference slower than recorded: the case :func:`hwcompress.check.latency_verdict`
-bounds by the reference's added time).  Every check is a separate ``python -m hwcompress check --json`` process.  For
+reference, the case a slow spell's added time does not cancel in.  Every check is a separate ``python -m hwcompress check --json`` process.  For
 comparison, the absolute-mode verdict (model ms now vs model ms in the baseline, no reference) and
 the rule ``check`` had until 2026-12-07 (the median of per-round model/reference ratios, same
 significance test: :func:`median_rule`) are computed from the same measurements.
@@ -75,23 +72,45 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, check=False)
 
 
-BUSY = "import numpy as np\na = np.ones(2**23)\nb = np.empty_like(a)\nwhile True:\n    np.copyto(b, a)\n"
-
-
-def busy(n: int) -> list[subprocess.Popen[bytes]]:
-    """``n`` processes streaming 64 MiB copies: a neighbour contending for the caches and memory bus."""
-    return [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n)]
-
-
 def load() -> float:
     return os.getloadavg()[0]
 
 
-def run_checks(args: argparse.Namespace, base: Path, slow: Path, baseline: Path, base_ms: list[float],
-               base_ref: list[float], tol: float, results: dict[str, list[dict[str, Any]]]) -> int:
-    """``--runs`` checks of each model, alternating; each check's figures appended to ``results``."""
-    from hwcompress.check import latency_verdict
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=20, help="checks per model")
+    p.add_argument("--reference", default="resnet-20", help="reference model (best: one like the model checked)")
+    p.add_argument("--rounds", type=int, default=5, help="check rounds")
+    p.add_argument("--baseline-rounds", type=int, default=20)
+    p.add_argument("--tolerance", default="10%")
+    p.add_argument("--metric", default="p50")
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--save", type=Path, default=None, help="write every check's rounds and verdicts here (JSON)")
+    p.add_argument("--small", action="store_true",
+                   help="check a half-width ResNet-20 (a pruned model) against the full reference: a slow spell's "
+                        "added time moves their ratio (tools/results/verdicts.md)")
+    args = p.parse_args()
 
+    from hwcompress.check import LatencyBaseline, latency_verdict, parse_fraction
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_check_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    base, slow = build_models(workdir, args.small)
+    baseline = workdir / "baseline.json"
+    print(f"load average at start: {load():.2f} on {os.cpu_count()} CPUs")
+    t = time.perf_counter()
+    res = cli("baseline", str(base), "--reference", args.reference, "--rounds", str(args.baseline_rounds),
+              "--out", str(baseline))
+    if res.returncode != 0:
+        print(res.stdout, res.stderr, file=sys.stderr)
+        return 2
+    print(f"baseline ({args.baseline_rounds} rounds, reference {args.reference}): {time.perf_counter() - t:.1f} s")
+    b = LatencyBaseline.from_dict(json.loads(baseline.read_text()))
+    base_ms = [r.latency.median_ms if args.metric == "p50" else r.latency.p90_ms for r in b.rounds]
+    base_ref = [r.latency.median_ms if args.metric == "p50" else r.latency.p90_ms for r in b.reference_rounds]
+    tol = parse_fraction(args.tolerance)
+
+    results: dict[str, list[dict[str, Any]]] = {"unchanged": [], "slower": []}
     for i in range(args.runs):
         for label, model in (("unchanged", base), ("slower", slow)) if i % 2 == 0 else (("slower", slow), ("unchanged", base)):
             t = time.perf_counter()
@@ -119,55 +138,6 @@ def run_checks(args: argparse.Namespace, base: Path, slow: Path, baseline: Path,
                   f"absolute {absolute.ratio:.3f} {absolute.status:12s} | median rule {old_ratio:.3f} {old:12s} | "
                   f"load {r['machine']['load_1min']:.2f}",
                   flush=True)
-    return 0
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=20, help="checks per model")
-    p.add_argument("--reference", default="resnet-20", help="reference model (best: one like the model checked)")
-    p.add_argument("--rounds", type=int, default=5, help="check rounds")
-    p.add_argument("--baseline-rounds", type=int, default=20)
-    p.add_argument("--tolerance", default="10%")
-    p.add_argument("--metric", default="p50")
-    p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--save", type=Path, default=None, help="write every check's rounds and verdicts here (JSON)")
-    p.add_argument("--small", action="store_true",
-                   help="check a half-width ResNet-20 (a pruned model) against the full reference: a slow spell's "
-                        "added time moves their ratio (tools/results/verdicts.md)")
-    p.add_argument("--busy", type=int, default=0,
-                   help="processes streaming memory during the checks (not the baseline): a slower machine now")
-    args = p.parse_args()
-
-    from hwcompress.check import LatencyBaseline, parse_fraction
-
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_check_"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    base, slow = build_models(workdir, args.small)
-    baseline = workdir / "baseline.json"
-    print(f"load average at start: {load():.2f} on {os.cpu_count()} CPUs")
-    t = time.perf_counter()
-    res = cli("baseline", str(base), "--reference", args.reference, "--rounds", str(args.baseline_rounds),
-              "--out", str(baseline))
-    if res.returncode != 0:
-        print(res.stdout, res.stderr, file=sys.stderr)
-        return 2
-    print(f"baseline ({args.baseline_rounds} rounds, reference {args.reference}): {time.perf_counter() - t:.1f} s")
-    b = LatencyBaseline.from_dict(json.loads(baseline.read_text()))
-    base_ms = [r.latency.median_ms if args.metric == "p50" else r.latency.p90_ms for r in b.rounds]
-    base_ref = [r.latency.median_ms if args.metric == "p50" else r.latency.p90_ms for r in b.reference_rounds]
-    tol = parse_fraction(args.tolerance)
-
-    results: dict[str, list[dict[str, Any]]] = {"unchanged": [], "slower": []}
-    hogs = busy(args.busy)
-    try:
-        code = run_checks(args, base, slow, baseline, base_ms, base_ref, tol, results)
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
-    if code:
-        return code
 
     un, sl = results["unchanged"], results["slower"]
     # latency verdicts (a slower model with more layers may also fail on peak memory: counted apart)
@@ -180,8 +150,6 @@ def main() -> int:
     loads = [r["load"] for r in un + sl]
     print()
     print(f"slowdown achieved: {factor:.3f}x model latency (same-time medians), {norm:.3f}x model/reference ratio")
-    if args.busy:
-        print(f"{args.busy} process(es) streaming memory ran through the checks (not the baseline)")
     print(f"reference mode, tolerance {args.tolerance}, {args.rounds} rounds (up to {4 * args.rounds}):")
     print(f"  false alarms {false_alarms}/{len(un)} (inconclusive {sum(r['status'] == 'inconclusive' for r in un)}), "
           f"detections {detections}/{len(sl)} (inconclusive {sum(r['status'] == 'inconclusive' for r in sl)})")

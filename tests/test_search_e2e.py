@@ -74,8 +74,8 @@ def _assert_run_records(run: Path, manifest: dict[str, object], lines: list[dict
     hit, n = s1.predictions_within_10pct
     assert 0 <= hit <= n == len(prune) + len(s1.planned)  # every candidate, and the floor at each planned precision
     # each stage's winner was picked by the judge: candidates judged beside the baseline at the budget's aim,
-    # in pairs (MIN_PAIRS..MAX_PAIRS, more in a slow spell) until the interval was on one side of it; the winner is one confirmed within, else the
-    # fastest judged; three judgements at most, and the projections'
+    # in pairs (MIN_PAIRS..MAX_PAIRS, more in a slow spell) until the interval was on one side of it; the winner
+    # is one confirmed within, else the fastest judged; three judgements at most, and the projections'
     from hwcompress.judge import MAX_PAIRS, MIN_PAIRS, SPELL_PAIRS
     from hwcompress.search.pick import PICK_TRIES, PROJECTIONS
 

@@ -55,9 +55,10 @@ log = logging.getLogger(__name__)
 PLAN_MIN_GAIN = 0.95  # a lower precision plans stage 1 when it measures at most this fraction of fp32
 PRECISION_PAIRS = 3  # pairs of fresh profiles (copy, fp32) behind each precision's measured ratio
 #: A projection aims this far under the aim, on the predictor corrected by the judge's ratio: the room a
-#: confirmation needs (its interval's high end within the aim; the confirmed verdicts of the grid's seeds 1-2
-#: had their high ends 1-8 % over their ratio, tools/results/search-budgets.md).  Corrected by the interval's high end instead, a verdict that
-#: saw the model's fast state once (0.517x, high end 0.708x) projected 31 % down and kept 0.81 of the budget.
+#: confirmation needs (its interval's high end within the aim; the confirmed verdicts of the grid's seeds
+#: 1-2 had their high ends 1-8 % over their ratio, tools/results/search-budgets.md).  Corrected by the
+#: interval's high end instead, a verdict that saw the model's fast state once (0.517x, high end 0.708x)
+#: projected 31 % down and kept 0.81 of the budget.
 PROJECT_AIM = 0.95
 REACH_MARGIN = 1.10  # a budget is out of reach when the most pruned model measures this far over it
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}

@@ -76,11 +76,13 @@ def main() -> int:
 
         targets = [dataclasses.replace(parse_target(tomllib.loads(s.target_toml("onnxruntime")), "t", "loop"),
                                        board_tolerance=0.9) for s in servers]
-        model = write_tiny_onnx(work / "m.onnx")
+        # the boards' calibration model: wide enough that its time is the convolution's, not the
+        # scheduler's jitter (two boards on one loaded 2-core machine, a Ray node each)
+        model = write_tiny_onnx(work / "m.onnx", channels=64)
         variants = [write_tiny_onnx(work / f"v{i}.onnx", channels=4 + i) for i in range(6)]
         t0 = time.perf_counter()
         with open_pool(targets[0], targets, model, ray_address=address, record=work / "pool.json",
-                       baseline_rounds=1) as pool:
+                       baseline_rounds=3) as pool:
             joined_s = time.perf_counter() - t0
             got = [f.result(timeout=300) for f in [pool.submit(v, targets[0]) for v in variants]]
             nodes = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
@@ -98,6 +100,7 @@ def main() -> int:
                               "median_ms": m.latency.median_ms} for m, v in zip(got, variants, strict=True)],
                 "boards": [f"127.0.0.1:{s.port}" for s in servers],
                 "states": [b.state for b in pool.boards],
+                "reasons": [b.reason for b in pool.boards],
             }
         print(json.dumps(result))
         return 0

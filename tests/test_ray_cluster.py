@@ -46,7 +46,7 @@ def test_a_pool_joins_a_running_ray_cluster_and_its_boards_live_on_the_boards_no
     assert not got["driver_node_has_boards"]
     assert got["worker_nodes_have_boards"] == [True, True]  # board actors went to the boards' node
     assert len(set(got["worker_pids"])) == 2
-    assert got["states"] == ["up", "up"]
+    assert got["states"] == ["up", "up"], got["reasons"]
     assert all(m["sha_ok"] and m["median_ms"] > 0 for m in got["measured"])
     assert {m["board"] for m in got["measured"]} <= set(got["boards"])
     assert len(got["measured"]) == 6

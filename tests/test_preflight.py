@@ -357,3 +357,46 @@ def test_training_prints_progress_lines_without_a_terminal(inputs: dict[str, Pat
                       r"loss [0-9.]+, val accuracy [0-9.]+%", res.stderr)
     assert [d[2] for d in done] == ["1", "2"], res.stderr[-2000:]
     assert done[-1][0] == done[-1][1]  # all steps done at the end, never past the total
+
+
+TIME_ARGS = ("--stages", "prune", "--latency-budget", "0.8x", "--warmup", "1", "--finetune-epochs", "1",
+             "--val-images", "200", "--test-images", "300", "--episodes", "400")
+
+
+def _time_budget_refused(inputs: dict[str, Path], tmp_path: Path) -> int:
+    """A 2-second --time-budget: refused before any episode, with the estimate; returns the seconds it asks."""
+    out = tmp_path / "art"
+    res = run_cli(*search_args(inputs, tmp_path, *TIME_ARGS, "--out", str(out), "--time-budget", "2"),
+                  env=env_for(tmp_path))
+    line = one_line(res, 2, r"--time-budget 2 s: -?\d+ s are left and the work besides the episodes is estimated at "
+                            r"\d+ s on this target \(prune pick \d+ s, finetune \d+ s, artifact \d+ s\); give at least "
+                            r"\d+ s or fewer --finetune-epochs")
+    assert not out.exists()
+    log = tmp_path / "run" / "search.jsonl"
+    assert not log.exists() or not log.read_text().strip()  # refused before any episode
+    enough = re.search(r"give at least (\d+) s", line)
+    assert enough is not None
+    return int(enough.group(1))
+
+
+def test_time_budget_the_rest_of_the_search_does_not_fit_is_refused_up_front(inputs: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    _time_budget_refused(inputs, tmp_path)
+
+
+@pytest.mark.slow
+def test_time_budget_that_fits_cuts_the_episodes(inputs: dict[str, Path], tmp_path: Path) -> None:
+    # the figure a refusal gives, less most of its minute of slack: the search runs and its episodes stop at
+    # the budget's share (400 episodes of this model take minutes on any machine)
+    enough = _time_budget_refused(inputs, tmp_path)
+    shutil.rmtree(tmp_path / "run")
+    out = tmp_path / "art"
+    res = run_cli(*search_args(inputs, tmp_path, *TIME_ARGS, "--out", str(out), "--time-budget", str(enough - 40)),
+                  env=env_for(tmp_path))
+    assert res.returncode in (0, 3), res.stderr[-3000:]
+    assert re.search(r"time budget: prune episodes get \d+ s of the \d+ s left \(\d+ s kept for the work after them\)",
+                     res.stdout + res.stderr)
+    log = tmp_path / "run" / "search.jsonl"
+    played = {c["episode"] for c in map(json.loads, log.read_text().splitlines()) if c["stage"] == "prune"}
+    assert 1 <= len(played) < 400
+    assert (out / "manifest.json").is_file() or res.returncode == 3

@@ -75,6 +75,8 @@ class SearchConfig:
             raise UsageError(f"--reward {self.score}: choose accuracy or label-free")
         if self.prune_episodes < 1 or self.quant_episodes < 1:
             raise UsageError("--episodes must be at least 1")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise UsageError(f"--time-budget must be a number of seconds > 0, got {self.time_budget_s}")
         if not 0.05 <= self.lower_bound <= 1.0:
             raise UsageError("--lower-bound must be in [0.05, 1]")
         if not 0.0 <= self.guard < 0.5:

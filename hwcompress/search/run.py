@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from hwcompress.data import DataSplits
     from hwcompress.profiling.pool import DevicePool
     from hwcompress.records import Target
+    from hwcompress.search.clock import TimePlan
     from hwcompress.search.evaluator import OtherTarget
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class Search:
         self.pool: DevicePool | None = None  # the boards measuring (a pool search), else the target's device
         self.others: list[OtherTarget] = []  # further targets stage 1's candidates are measured on (search/multi.py)
         self._prepared = False
+        self.started = time.monotonic()  # the time budget's start (run() sets it again)
+        self.plan: TimePlan | None = None
         self._exits = contextlib.ExitStack()
 
     @classmethod
@@ -228,7 +231,7 @@ class Search:
             recovery=make_recovery(self.base.model, self.splits.train, cfg.recovery_steps, seed=cfg.seed,
                                    labels=cfg.score == "accuracy") if cfg.recovery_steps > 0 else None,
         )
-        self.deadline = time.monotonic() + cfg.time_budget_s if cfg.time_budget_s else None
+        self.plan = self._time_plan() if cfg.time_budget_s else None
         self.reporter.message(
             f"baseline {self.base_ms:.3f} ms (spread {self.base_measurement.latency.robust_cv * 100:.1f}%), "
             f"accuracy {self.base.test_accuracy * 100:.2f}%; latency budget {self.budget.latency_ms:.3f} ms"
@@ -253,6 +256,55 @@ class Search:
             best = dataclasses.replace(best, per_node_us=nodes)
         atomic_write_text(saved, json.dumps(best.to_dict(), indent=2))
         return best
+
+    def _time_plan(self) -> TimePlan:
+        """The clock of ``--time-budget`` (:mod:`hwcompress.search.clock`), checked before any episode."""
+        from hwcompress.search.clock import TimePlan, estimate_costs, time_units
+
+        cfg = self.cfg
+        m = self.base_measurement
+        profile_s = m.wall_s / max(m.rounds, 1)
+        if profile_s <= 0:  # a baseline.json from before wall_s was kept: time one profile
+            from hwcompress.profiling.measure import measure
+
+            t0 = time.perf_counter()
+            measure(self.base_file, self.target, cache=None, force=True)
+            profile_s = time.perf_counter() - t0
+        tuned = (self.run_dir / "finetuned.pt").exists()
+        units = time_units(self.base.model, self.splits, profile_s,
+                           steps="prune" in cfg.stages and cfg.finetune_epochs > 0 and not tuned)
+        costs = estimate_costs(units, stages=cfg.stages, finetune_epochs=cfg.finetune_epochs,
+                               train_images=len(self.splits.train), eval_images=len(self.splits.test.head(cfg.test_limit)),
+                               precisions=len(self.target.precisions))
+        episodes = {stage: n for stage, n in (("prune", cfg.prune_episodes), ("quant", cfg.quant_episodes))
+                    if stage in cfg.stages}
+        plan = TimePlan(cfg.time_budget_s or 0.0, self.started, costs, episodes)
+        for work, file in (("prune pick", "stage1.json"), ("finetune", "finetuned.pt"), ("quant pick", "stage2.json")):
+            if (self.run_dir / file).exists():  # a resumed search: done before the interruption
+                plan.done.add(work)
+        if (self.run_dir / "stage1.json").exists():
+            episodes.pop("prune", None)
+        if (self.run_dir / "stage2.json").exists():
+            episodes.pop("quant", None)
+        log.info("time budget %.0f s; units: profile %.3f s, fine-tune step %.3f s, image %.5f s; estimates %s",
+                 plan.total_s, units.profile_s, units.step_s, units.image_s,
+                 {w: round(c, 1) for w, c in costs.items()})
+        plan.check()
+        return plan
+
+    def episodes_deadline(self, stage: str) -> float | None:
+        """When ``stage``'s episodes stop under ``--time-budget`` (None: no time budget)."""
+        if self.plan is None:
+            return None
+        deadline = self.plan.deadline(stage)
+        self.reporter.message(self.plan.log[-1])
+        return deadline
+
+    def work_done(self, work: str, seconds: float) -> None:
+        """Tell the time plan ``work`` (one of :data:`hwcompress.search.clock.WORK`) took ``seconds``."""
+        self.seconds[work.replace(" ", "_")] = seconds
+        if self.plan is not None:
+            self.plan.finished(work, seconds)
 
     def _budget(self) -> Budget:
         """The budgets, resolved once on the baseline's measurement and kept in ``budget.json``."""
@@ -296,9 +348,12 @@ class Search:
                 self.reporter.message(f"{stage}: {how} candidate ({reading_ms(c):.3f} ms in the search, score "
                                       f"{c.accuracy * 100:.1f}%) judged {where}: {v.describe()}")
 
-        return pick(cands, lambda c: self.judge(file_of(c), self.budget.aim), self.budget.aim_ms,
-                    self.base_ms if self.budget.relative else 1.0, project=project, settled=settled, on_verdict=judged,
-                    tie=self.tie(cands), predict=predict)
+        t0 = time.monotonic()
+        got = pick(cands, lambda c: self.judge(file_of(c), self.budget.aim), self.budget.aim_ms,
+                   self.base_ms if self.budget.relative else 1.0, project=project, settled=settled, on_verdict=judged,
+                   tie=self.tie(cands), predict=predict)
+        self.work_done("prune pick" if stage == "stage 1" else "quant pick", time.monotonic() - t0)
+        return got
 
     def tie(self, cands: Sequence[Candidate]) -> float:
         """Rewards closer than this rank as tied in :func:`pick`: one standard error of the best accuracy on
@@ -363,7 +418,7 @@ class Search:
             t0 = time.monotonic()
             finetune(model, self.base.model, self.splits, epochs=self.cfg.finetune_epochs, seed=self.cfg.seed,
                      checkpoint=self.run_dir / "finetune-ckpt.pt", test=False)
-            self.seconds["finetune"] = time.monotonic() - t0
+            self.work_done("finetune", time.monotonic() - t0)
         model.eval()
         test = self.splits.test.head(self.cfg.test_limit)
         save_pruned(model, path, meta={"policy": policy.to_dict(), "test_accuracy": accuracy(model, test),
@@ -389,7 +444,7 @@ class Search:
                                 f"`hwcompress search --resume {self.run_dir}`") from exc
 
     def _run(self) -> SearchResult:
-        t_all = time.monotonic()
+        t_all = self.started = time.monotonic()
         self.prepare()
         cfg = self.cfg
         s1: Stage1Report | None = None

@@ -243,7 +243,7 @@ def run_stage1(s: Search) -> Stage1Report:
     if seeds:
         s.reporter.message(f"stage 1 starts from the {' and '.join(seeds)} solution(s) on the predicted region")
     t0 = time.monotonic()
-    runner.run(cfg.prune_episodes, deadline=s.deadline, resume=s.resume,
+    runner.run(cfg.prune_episodes, deadline=s.episodes_deadline("prune"), resume=s.resume,
                seeds=[seed_actions(k, cfg.lower_bound) for k in seeds.values()])
     s.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes)
     s.seconds["prune_search"] = time.monotonic() - t0
@@ -345,6 +345,7 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
     from hwcompress.quantize import quantizable_layers
 
     cfg = s.cfg
+    setup_t0 = time.monotonic()
     fp32 = export_onnx(model, s.shape, s.run_dir / "stage2-fp32.onnx")
     fp32_file = backend_for(s.target).device_file(model, s.shape, s.run_dir / "stage2-fp32", s.target, fp32_onnx=fp32)
     ref = measure(fp32_file, s.target, cache=s.cache, per_node=s.per_node)
@@ -401,8 +402,9 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         predictor.fit(points)
     if s.resume:
         evaluator.episode = runner.load_progress().episodes
+    s.work_done("quant setup", time.monotonic() - setup_t0)
     t0 = time.monotonic()
-    runner.run(cfg.quant_episodes, deadline=s.deadline, resume=s.resume)
+    runner.run(cfg.quant_episodes, deadline=s.episodes_deadline("quant"), resume=s.resume)
     s.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes)
     s.seconds["quant_search"] = time.monotonic() - t0
     best, judged = evaluator.state.best, list[Judged]()

@@ -109,6 +109,23 @@ def test_region_projection_keeps_the_shape_and_fits_the_limit() -> None:
     assert floor.tolist() == [region.choices(i)[0] for i in range(4)]
 
 
+def test_a_projection_of_a_near_miss_lands_just_under_the_limit_where_scaling_drops_far() -> None:
+    """Coarse groups (16 channels on a multiple of 8: 8 or 16) are where scaling every group together
+    fails: any scale under 1 takes them a whole half down.  The projection moves one group a choice at a
+    time and stops just under the limit, the coarse group left whole."""
+    layers = _layers()
+    model = LatencyModel(_chain_cost(layers), baseline_ms=12.0)
+    region = CostRegion(model, [la.channels for la in layers], multiple=8, lower_bound=0.2, limit=float("inf"))
+    assert region.choices(0).tolist() == [0.5, 1.0]
+    keep = np.array([1.0, 0.75, 0.5, 0.75])
+    limit = 0.97 * model.predict(keep)  # judged 3 % over
+    out = region.project(keep, limit)
+    assert 0.9 * limit < model.predict(out) <= limit
+    assert out[0] == 1.0 and int(np.sum(out < keep - 1e-9)) == 1  # one group moved one choice
+    scaled = region.scale(keep, limit)
+    assert scaled[0] == 0.5 and model.predict(scaled) < model.predict(out)
+
+
 def test_latency_model_fits_measurements() -> None:
     layers = _layers()
     cost = _chain_cost(layers)

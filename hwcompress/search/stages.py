@@ -194,7 +194,7 @@ def stage1_seeds(s: Search, region: Region, groups: Sequence[PruneGroup]) -> dic
     instead of starting from noise), both on the region's predictor at its limit: uniform pruning (every
     group scaled down together) and, with labels, the latency-aware knapsack (HALP: the most Taylor
     importance kept within the predicted limit, :mod:`hwcompress.knapsack`)."""
-    seeds = {"uniform": region.project(np.ones(len(groups)), region.limit)}
+    seeds = {"uniform": region.scale(np.ones(len(groups)), region.limit)}
     if s.cfg.score == "accuracy":
         from hwcompress.knapsack import channel_importance, knapsack_keep
 

@@ -483,10 +483,12 @@ class _ProgressReporter:
         else:
             self.tasks[name] = self.progress.add_task(label, total=total, completed=done, best="")
         clk = self.clocks.get(name)
+        first = clk is None
         if clk is None or done < clk.start_done or done == 0:
             self.clocks[name] = _StageClock(label, max(total, 1), done, time.monotonic())
-        if not self.live:
-            self._plain(f"{label}: {done}/{total} episodes" + (" (resumed)" if 0 < done < total else ""))
+        if not self.live:  # a stage's first report: where it starts; a later one: where it ended
+            how = (" (resumed)" if first else " (stopped by --time-budget)") if 0 < done < total else ""
+            self._plain(f"{label}: {done}/{total} episodes{how}")
 
     @staticmethod
     def _best_text(best: Any) -> str:

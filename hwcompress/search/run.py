@@ -286,10 +286,12 @@ class Search:
             episodes.pop("prune", None)
         if (self.run_dir / "stage2.json").exists():
             episodes.pop("quant", None)
-        log.info("time budget %.0f s; units: profile %.3f s, fine-tune step %.3f s, image %.5f s; estimates %s",
-                 plan.total_s, units.profile_s, units.step_s, units.image_s,
-                 {w: round(c, 1) for w, c in costs.items()})
+        log.info("time budget %.0f s; units: profile %.3f s, fine-tune step %.3f s, image %.5f s",
+                 plan.total_s, units.profile_s, units.step_s, units.image_s)
         plan.check()
+        parts = ", ".join(f"{w} {c:.0f} s" for w, c in costs.items() if c > 0 and w not in plan.done)
+        self.reporter.message(f"time budget {plan.total_s:.0f} s: {plan.end - time.monotonic():.0f} s left; the work "
+                              f"besides the episodes is estimated at {parts}")
         return plan
 
     def episodes_deadline(self, stage: str) -> float | None:

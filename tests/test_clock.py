@@ -61,3 +61,9 @@ def test_estimates_follow_the_measured_units_and_the_stages() -> None:
     quant_only = estimate_costs(u, stages=("quant",), finetune_epochs=2, train_images=1280, eval_images=1000,
                                 precisions=3)
     assert quant_only["prune pick"] == quant_only["finetune"] == 0.0 and quant_only["quant pick"] > 0
+
+
+def test_a_resumed_stage_shares_by_the_episodes_it_has_left() -> None:
+    p = plan()
+    # 20 of stage 1's 30 played before the restart: 10 left against stage 2's 20
+    assert p.deadline("prune", now=0.0, done=20) == pytest.approx((1000.0 - 400.0) * 10 / 30)

@@ -118,14 +118,15 @@ class TimePlan:
                 f"estimated at {need:.0f} s on this target ({parts}); give at least {self.total_s + need - left + 60:.0f} s "
                 f"or fewer --finetune-epochs")
 
-    def deadline(self, stage: str, now: float | None = None) -> float:
-        """When ``stage``'s episodes stop (``time.monotonic()`` clock); notes the share in :attr:`log`."""
+    def deadline(self, stage: str, now: float | None = None, done: int = 0) -> float:
+        """When ``stage``'s episodes stop (``time.monotonic()`` clock), ``done`` of them played before (a
+        resumed stage); notes the share in :attr:`log`."""
         now = time.monotonic() if now is None else now
         stages = list(self.episodes)
-        later = stages[stages.index(stage):]
-        weight = sum(self.episodes[s] for s in later)
+        left = {s: self.episodes[s] - (done if s == stage else 0) for s in stages[stages.index(stage):]}
+        weight = sum(max(n, 0) for n in left.values())
         room = max(self.end - now - self.reserve(stage), 0.0)
-        share = room * self.episodes[stage] / weight if weight else 0.0
+        share = room * max(left[stage], 0) / weight if weight else 0.0
         self.log.append(f"time budget: {stage} episodes get {share:.0f} s of the {self.end - now:.0f} s left "
                         f"({self.reserve(stage):.0f} s kept for the work after them)")
         return now + share
@@ -147,26 +148,12 @@ def time_units(model: nn.Module, splits: DataSplits, profile_s: float, *, steps:
     import torch
 
     from hwcompress.evaluate import accuracy
-    from hwcompress.finetune import kd_loss
 
     step_s = 0.0
     n_train = min(batch_size, len(splits.train))
     if steps and n_train:
-        student = copy.deepcopy(model).train()
-        opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
-        xb = torch.from_numpy(np.ascontiguousarray(splits.train.x[:n_train], dtype=np.float32))
-        yb = torch.from_numpy(np.asarray(splits.train.y[:n_train], dtype=np.int64))
-        model.eval()
-        for i in range(3):
-            if i == 1:
-                t0 = time.perf_counter()
-            with torch.no_grad():
-                teacher = model(xb)
-            loss = kd_loss(student(xb), teacher, yb, temperature=4.0, alpha=0.9)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        step_s = (time.perf_counter() - t0) / 2
+        with torch.random.fork_rng():  # the search's random state stays as without a time budget
+            step_s = _step_seconds(copy.deepcopy(model), model, splits, n_train)
     image_s = 0.0
     n = min(512, len(splits.val))
     if n:
@@ -175,3 +162,27 @@ def time_units(model: nn.Module, splits: DataSplits, profile_s: float, *, steps:
         image_s = (time.perf_counter() - t0) / n
     model.eval()
     return Units(profile_s=profile_s, step_s=step_s, image_s=image_s)
+
+
+def _step_seconds(student: nn.Module, teacher: nn.Module, splits: DataSplits, n: int) -> float:
+    """Seconds of one fine-tune step (the mean of two, after a first that warms up)."""
+    import torch
+
+    from hwcompress.finetune import kd_loss
+
+    student.train()
+    teacher.eval()
+    opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
+    xb = torch.from_numpy(np.ascontiguousarray(splits.train.x[:n], dtype=np.float32))
+    yb = torch.from_numpy(np.asarray(splits.train.y[:n], dtype=np.int64))
+    t0 = 0.0
+    for i in range(3):
+        if i == 1:
+            t0 = time.perf_counter()
+        with torch.no_grad():
+            logits = teacher(xb)
+        loss = kd_loss(student(xb), logits, yb, temperature=4.0, alpha=0.9)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / 2

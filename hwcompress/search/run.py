@@ -294,11 +294,12 @@ class Search:
                               f"besides the episodes is estimated at {parts}")
         return plan
 
-    def episodes_deadline(self, stage: str) -> float | None:
-        """When ``stage``'s episodes stop under ``--time-budget`` (None: no time budget)."""
+    def episodes_deadline(self, stage: str, done: int = 0) -> float | None:
+        """When ``stage``'s episodes stop under ``--time-budget`` (None: no time budget); ``done``: played
+        before a resume."""
         if self.plan is None:
             return None
-        deadline = self.plan.deadline(stage)
+        deadline = self.plan.deadline(stage, done=done)
         self.reporter.message(self.plan.log[-1])
         return deadline
 

@@ -243,7 +243,8 @@ def run_stage1(s: Search) -> Stage1Report:
     if seeds:
         s.reporter.message(f"stage 1 starts from the {' and '.join(seeds)} solution(s) on the predicted region")
     t0 = time.monotonic()
-    runner.run(cfg.prune_episodes, deadline=s.episodes_deadline("prune"), resume=s.resume,
+    done = runner.load_progress().episodes if s.resume else 0
+    runner.run(cfg.prune_episodes, deadline=s.episodes_deadline("prune", done), resume=s.resume,
                seeds=[seed_actions(k, cfg.lower_bound) for k in seeds.values()])
     s.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes)
     s.seconds["prune_search"] = time.monotonic() - t0
@@ -404,7 +405,8 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         evaluator.episode = runner.load_progress().episodes
     s.work_done("quant setup", time.monotonic() - setup_t0)
     t0 = time.monotonic()
-    runner.run(cfg.quant_episodes, deadline=s.episodes_deadline("quant"), resume=s.resume)
+    done = runner.load_progress().episodes if s.resume else 0
+    runner.run(cfg.quant_episodes, deadline=s.episodes_deadline("quant", done), resume=s.resume)
     s.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes)
     s.seconds["quant_search"] = time.monotonic() - t0
     best, judged = evaluator.state.best, list[Judged]()

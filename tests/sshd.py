@@ -90,6 +90,10 @@ class SshServer:
             "UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
             "PrintMotd no\nMaxSessions 64\nMaxStartups 64\nLogLevel ERROR\n"
+            # Debian's bash sources ~/.bashrc for commands run by sshd; a pyenv there rehashes its shims
+            # under a lock file, waiting up to 60 s for it, and a session killed mid-rehash (the tests
+            # kill remote process groups) leaves the lock behind: every later session waited 60 s
+            "SetEnv PYENV_REHASH_TIMEOUT=0\n"
         )
 
     def start(self, timeout_s: float = 10.0) -> SshServer:

@@ -127,7 +127,7 @@ class Search:
         self.pool: DevicePool | None = None  # the boards measuring (a pool search), else the target's device
         self.others: list[OtherTarget] = []  # further targets stage 1's candidates are measured on (search/multi.py)
         self._prepared = False
-        self.started = time.monotonic()  # the time budget's start (run() sets it again)
+        self.started = time.monotonic()  # the time budget's start (a search over several targets: all of it)
         self.plan: TimePlan | None = None
         self._exits = contextlib.ExitStack()
 
@@ -279,13 +279,11 @@ class Search:
         episodes = {stage: n for stage, n in (("prune", cfg.prune_episodes), ("quant", cfg.quant_episodes))
                     if stage in cfg.stages}
         plan = TimePlan(cfg.time_budget_s or 0.0, self.started, costs, episodes)
-        for work, file in (("prune pick", "stage1.json"), ("finetune", "finetuned.pt"), ("quant pick", "stage2.json")):
+        for work, stage, file in (("prune pick", "prune", "stage1.json"), ("finetune", "", "finetuned.pt"),
+                                  ("quant pick", "quant", "stage2.json")):
             if (self.run_dir / file).exists():  # a resumed search: done before the interruption
                 plan.done.add(work)
-        if (self.run_dir / "stage1.json").exists():
-            episodes.pop("prune", None)
-        if (self.run_dir / "stage2.json").exists():
-            episodes.pop("quant", None)
+                episodes.pop(stage, None)
         log.info("time budget %.0f s; units: profile %.3f s, fine-tune step %.3f s, image %.5f s",
                  plan.total_s, units.profile_s, units.step_s, units.image_s)
         plan.check()
@@ -447,7 +445,7 @@ class Search:
                                 f"`hwcompress search --resume {self.run_dir}`") from exc
 
     def _run(self) -> SearchResult:
-        t_all = self.started = time.monotonic()
+        t_all = time.monotonic()
         self.prepare()
         cfg = self.cfg
         s1: Stage1Report | None = None

@@ -234,16 +234,16 @@ def run_stage1(s: Search) -> Stage1Report:
     _, env = stage_env(s, lambda: PruneEnv(steps, evaluator, region=region, lower_bound=cfg.lower_bound,
                                            channel_multiple=s.target.channel_multiple), evaluator)
     runner = StageRunner("prune", env, len(steps), s.agent_cfg(cfg.warmup_episodes), s.run_dir / "ckpt")
+    done = runner.load_progress().episodes if s.resume else 0  # episodes played before an interruption
     if s.resume:  # candidates measured before the interruption; the agent resumes after its last checkpoint
         evaluator.restore(s.log.read())
-        evaluator.episode = runner.load_progress().episodes
-    s.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes if s.resume else 0)
+        evaluator.episode = done
+    s.reporter.stage("prune", cfg.prune_episodes, done)
     fresh = not (s.resume and runner.has_checkpoint())  # a resumed stage played its seeds before
     seeds = stage1_seeds(s, region, groups) if fresh and measured and np.isfinite(region.limit) else {}
     if seeds:
         s.reporter.message(f"stage 1 starts from the {' and '.join(seeds)} solution(s) on the predicted region")
     t0 = time.monotonic()
-    done = runner.load_progress().episodes if s.resume else 0
     runner.run(cfg.prune_episodes, deadline=s.episodes_deadline("prune", done), resume=s.resume,
                seeds=[seed_actions(k, cfg.lower_bound) for k in seeds.values()])
     s.reporter.stage("prune", cfg.prune_episodes, runner.load_progress().episodes)
@@ -387,7 +387,8 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
                                                  budget_ms=s.budget.aim_ms if cfg.wall else None), evaluator)
     warm = min(cfg.warmup_episodes, max(cfg.quant_episodes // 3, 1))
     runner = StageRunner("quant", stepped, len(steps), s.agent_cfg(warm), s.run_dir / "ckpt")
-    s.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes if s.resume else 0)
+    done = runner.load_progress().episodes if s.resume else 0  # episodes played before an interruption
+    s.reporter.stage("quant", cfg.quant_episodes, done)
     if measured:
         # The plain choices first, as ordinary candidates (episode 0): all fp32, and all at each precision
         # measured faster than fp32 (stage 1's precision among them); the mix predictor is fitted on them.
@@ -402,10 +403,9 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
         assert predictor is not None
         predictor.fit(points)
     if s.resume:
-        evaluator.episode = runner.load_progress().episodes
+        evaluator.episode = done
     s.work_done("quant setup", time.monotonic() - setup_t0)
     t0 = time.monotonic()
-    done = runner.load_progress().episodes if s.resume else 0
     runner.run(cfg.quant_episodes, deadline=s.episodes_deadline("quant", done), resume=s.resume)
     s.reporter.stage("quant", cfg.quant_episodes, runner.load_progress().episodes)
     s.seconds["quant_search"] = time.monotonic() - t0

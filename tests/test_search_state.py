@@ -153,7 +153,7 @@ def test_a_candidate_judged_over_competes_again_as_its_projection() -> None:
     calls, judge = _judge({"a": 0.51, "p": 0.49, "b": 0.37})
     made: list[str] = []
 
-    def project(c: Candidate, v: Verdict) -> Candidate:
+    def project(c: Candidate, ratio: float) -> Candidate:
         made.append(next(iter(c.policy.keep)))
         return cand("p", 0.46, 0.909)
 
@@ -264,3 +264,26 @@ def test_a_relative_verdict_is_put_on_the_readings_scale() -> None:
     calls, judge = _judge({"a": 0.3, "b": 0.27, "c": 0.23}, limit=0.25)
     best, _ = pick(cands, judge, aim_ms=0.5, scale_ms=2.0)
     assert calls == ["a", "c"] and best is cands[2]
+
+
+def test_the_best_scored_candidate_estimated_over_is_projected_before_any_verdict() -> None:
+    # the demo on the 2-core VM (tools/results/demo): the knapsack and uniform seeds scored 92.4 % and read
+    # 0.54x for a 0.49x aim; the one candidate read within, 0.28x at 91.2 %, was judged and kept.  Now the
+    # best-scored seed is projected at its estimate (0.54x) first, and its projection, within and scored
+    # above the narrow one, is judged and wins
+    seeds, narrow = [cand("k", 0.54, 0.924), cand("u", 0.55, 0.923)], cand("e", 0.28, 0.912)
+    asked: list[tuple[str, float]] = []
+
+    def project(c: Candidate, ratio: float) -> Candidate:
+        asked.append((next(iter(c.policy.keep)), ratio))
+        return cand("p", 0.47, 0.921)
+
+    calls, judge = _judge({"k": 0.55, "u": 0.56, "e": 0.28, "p": 0.47}, limit=0.49)
+    best, judged = pick([*seeds, narrow], judge, aim_ms=0.49, scale_ms=1.0, project=project)
+    assert asked == [("k", pytest.approx(0.54))] and calls == ["p"] and best is not None
+    assert best.policy.keep == {"p": 0.5} and [j.how for j in judged] == ["projected"]
+    # a best-scored candidate estimated over but tied (within ``tie``) with one estimated within is not projected
+    asked.clear()
+    calls, judge = _judge({"k": 0.55, "u": 0.56, "e": 0.28, "p": 0.47}, limit=0.49)
+    best, _ = pick([*seeds, narrow], judge, aim_ms=0.49, scale_ms=1.0, project=project, tie=0.02)
+    assert asked == [] and calls == ["e"] and best is narrow

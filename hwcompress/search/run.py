@@ -334,7 +334,7 @@ class Search:
 
     def pick(
         self, stage: str, cands: Sequence[Candidate], file_of: Callable[[Candidate], Path],
-        project: Callable[[Candidate, Verdict], Candidate | None] | None = None,
+        project: Callable[[Candidate, float], Candidate | None] | None = None,
         settled: tuple[Candidate, Verdict] | None = None,
         predict: Callable[[Candidate], float | None] | None = None,
     ) -> tuple[Candidate | None, list[Judged]]:

@@ -255,9 +255,9 @@ def run_stage1(s: Search) -> Stage1Report:
             return path if path.is_file() else evaluator.measured_file(evaluator.build(c.policy), path.with_suffix(""),
                                                                        c.policy.default_precision)
 
-        def project(c: Candidate, v: Verdict) -> Candidate | None:
+        def project(c: Candidate, ratio: float) -> Candidate | None:
             keep = evaluator.keep_vector(c.policy)
-            goal = region.predict(keep) * s.budget.aim / v.ratio * PROJECT_AIM
+            goal = region.predict(keep) * s.budget.aim / ratio * PROJECT_AIM
             new = region.project(keep, goal)
             policy = CompressionPolicy(keep={st.name: float(k) for st, k in zip(steps, new, strict=True) if k < 1.0})
             s.reporter.message(f"stage 1: projecting the best candidate onto the predicted region at {goal:.3f} ms")
@@ -426,15 +426,16 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
             assert predictor is not None
             return predictor(choice_of(c))
 
-        def project(c: Candidate, v: Verdict) -> Candidate | None:
+        def project(c: Candidate, ratio: float) -> Candidate | None:
             """``c`` with the fewest layers moved to the fastest precision (the action wall) that the mix
-            predictor, corrected by what the judge measured, puts within the aim; its other layers kept."""
-            goal = predict_mix(c) * s.budget.aim / v.ratio * PROJECT_AIM
+            predictor, corrected by the ratio the judge measured (or the estimate), puts within the aim; its
+            other layers kept."""
+            goal = predict_mix(c) * s.budget.aim / ratio * PROJECT_AIM
             assert predictor is not None
             choice, moved = mix_wall(choice_of(c), predictor, goal, env.fastest)
             if not moved:
                 return None
-            s.reporter.message(f"stage 2: projecting the mix judged over onto the predicted region at {goal:.3f} ms "
+            s.reporter.message(f"stage 2: projecting a mix over the aim onto the predicted region at {goal:.3f} ms "
                                f"({moved} layer(s) to {env.fastest})")
             got = evaluator(CompressionPolicy(keep=keep, precision={st.name: p for st, p in zip(steps, choice,
                                                                                                strict=True)}))

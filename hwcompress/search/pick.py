@@ -118,8 +118,8 @@ def pick(
        when it is estimated over the aim and outscores every candidate estimated within by more than
        ``tie``, is projected at its estimate.  Each one judged over is projected by ``project`` onto the
        predictor's region (keeping its shape, measured and scored like any candidate), and the projection
-       joins the ranking: a best candidate
-       judged just over competes, a little narrower, with the next best instead of giving way to it.
+       joins the ranking: a best candidate judged just over competes, a little narrower, with the next
+       best instead of giving way to it.
        :data:`PROJECTIONS` projections at most, each judged when it tops the ranking, tries spent or not
        (seen: stage 1 spent its tries on a candidate confirmed at 0.74 of the limit and two judged over,
        and kept the first while both projections, ranked above it, waited).  Tries spent with no

@@ -46,7 +46,16 @@ def test_a_budget_the_rest_of_the_search_does_not_fit_is_refused_with_the_estima
     with pytest.raises(UsageError, match=r"--time-budget 300 s: 250 s are left and the work besides the episodes is "
                                          r"estimated at 400 s .*finetune 200 s.*give at least 510 s"):
         plan(300.0).check(now=50.0)
-    plan(1000.0).check(now=50.0)  # fits
+    assert plan(1000.0).check(now=50.0) == ""  # fits
+
+
+def test_a_target_the_rest_overruns_is_said_and_the_stages_play_their_seeds() -> None:
+    # the demo's budget is a target: on a machine too slow for it (the 2-core VM at half speed, 12-07: a
+    # fine-tune estimated at 922 s for a 900 s target) the demo still ends with its result, later
+    p = plan(300.0)
+    said = p.check(now=50.0, firm=False)
+    assert "estimated at 400 s" in said and "250 s left" in said and "about 150 s past its target" in said
+    assert p.deadline("prune", now=50.0) == 50.0  # no share: the seeds and one episode (the runner's minimum)
 
 
 def test_estimates_follow_the_measured_units_and_the_stages() -> None:

@@ -104,19 +104,27 @@ class TimePlan:
         """Estimated seconds of the work after ``stage``'s episodes, to the artifact."""
         return sum(self.costs[w] for w in AFTER[stage] if w not in self.done)
 
-    def check(self, now: float | None = None) -> None:
-        """Refuse a budget that leaves the episodes nothing (before the first stage's episodes)."""
+    def check(self, now: float | None = None, *, firm: bool = True) -> str:
+        """Before the first stage's episodes: refuse a budget that leaves the episodes nothing (``firm``, the
+        search's ``--time-budget``), or say so and go on with the stages' seeds and one episode each (a
+        target, as the demo's: a slow machine still gets its result, later than the target).  Returns the
+        line said ('' when the budget fits)."""
         now = time.monotonic() if now is None else now
         first = next(iter(self.episodes), None)
         if first is None:
-            return
+            return ""
         need, left = self.reserve(first), self.end - now
-        if need >= left:
-            parts = ", ".join(f"{w} {s:.0f} s" for w, s in self.costs.items() if s > 0 and w not in self.done)
+        if need < left:
+            return ""
+        parts = ", ".join(f"{w} {s:.0f} s" for w, s in self.costs.items() if s > 0 and w not in self.done)
+        if firm:
             raise UsageError(
                 f"--time-budget {self.total_s:.0f} s: {left:.0f} s are left and the work besides the episodes is "
                 f"estimated at {need:.0f} s on this target ({parts}); give at least {self.total_s + need - left + 60:.0f} s "
                 f"or fewer --finetune-epochs")
+        return (f"time budget {self.total_s:.0f} s: the work besides the episodes is estimated at {need:.0f} s on this "
+                f"machine ({parts}), more than the {left:.0f} s left: each stage plays its seeds and one episode, and "
+                f"the run ends about {need - left:.0f} s past its target")
 
     def deadline(self, stage: str, now: float | None = None, done: int = 0) -> float:
         """When ``stage``'s episodes stop (``time.monotonic()`` clock), ``done`` of them played before (a

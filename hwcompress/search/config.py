@@ -38,6 +38,7 @@ class SearchConfig:
     prune_episodes: int = 60
     quant_episodes: int = 30
     time_budget_s: float | None = None
+    time_budget_firm: bool = True  # refuse a time budget the work besides the episodes overruns (False: a target)
     agent: str = "ddpg"
     warmup_episodes: int = 10
     seed: int = 0

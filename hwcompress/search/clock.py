@@ -104,6 +104,10 @@ class TimePlan:
         """Estimated seconds of the work after ``stage``'s episodes, to the artifact."""
         return sum(self.costs[w] for w in AFTER[stage] if w not in self.done)
 
+    def parts(self) -> str:
+        """The estimates of the work still to do besides the episodes, one by one ("finetune 200 s, ...")."""
+        return ", ".join(f"{w} {s:.0f} s" for w, s in self.costs.items() if s > 0 and w not in self.done)
+
     def check(self, now: float | None = None, *, firm: bool = True) -> str:
         """Before the first stage's episodes: refuse a budget that leaves the episodes nothing (``firm``, the
         search's ``--time-budget``), or say so and go on with the stages' seeds and one episode each (a
@@ -116,7 +120,7 @@ class TimePlan:
         need, left = self.reserve(first), self.end - now
         if need < left:
             return ""
-        parts = ", ".join(f"{w} {s:.0f} s" for w, s in self.costs.items() if s > 0 and w not in self.done)
+        parts = self.parts()
         if firm:
             raise UsageError(
                 f"--time-budget {self.total_s:.0f} s: {left:.0f} s are left and the work besides the episodes is "

@@ -286,10 +286,9 @@ class Search:
                 episodes.pop(stage, None)
         log.info("time budget %.0f s; units: profile %.3f s, fine-tune step %.3f s, image %.5f s",
                  plan.total_s, units.profile_s, units.step_s, units.image_s)
-        parts = ", ".join(f"{w} {c:.0f} s" for w, c in costs.items() if c > 0 and w not in plan.done)
         self.reporter.message(plan.check(firm=cfg.time_budget_firm) or (
             f"time budget {plan.total_s:.0f} s: {plan.end - time.monotonic():.0f} s left; the work besides the "
-            f"episodes is estimated at {parts}"))
+            f"episodes is estimated at {plan.parts()}"))
         return plan
 
     def episodes_deadline(self, stage: str, done: int = 0) -> float | None:

@@ -75,13 +75,17 @@ def _assert_run_records(run: Path, manifest: dict[str, object], lines: list[dict
     assert 0 <= hit <= n == len(prune) + len(s1.planned)  # every candidate, and the floor at each planned precision
     # each stage's winner was picked by the judge: candidates judged beside the baseline at the budget's aim,
     # in pairs (MIN_PAIRS..MAX_PAIRS, more in a slow spell) until the interval was on one side of it; the winner
-    # is one confirmed within, else the fastest judged; three judgements at most, and the projections'
+    # is one confirmed within, else the fastest judged; three candidates judged at most, and the projections',
+    # each judged once more at most (an undecided verdict)
+    from collections import Counter
+
     from hwcompress.judge import MAX_PAIRS, MIN_PAIRS, SPELL_PAIRS
-    from hwcompress.search.pick import PICK_TRIES, PROJECTIONS
+    from hwcompress.search.pick import AGAIN, PICK_TRIES, PROJECTIONS
 
     for rep in (s1, s2):
         assert rep.best is not None and rep.judged
-        assert len([j for j in rep.judged if j.how != "earlier stage"]) <= PICK_TRIES + PROJECTIONS
+        times = Counter(j.policy for j in rep.judged if j.how != "earlier stage")
+        assert len(times) <= PICK_TRIES + PROJECTIONS and max(times.values(), default=0) <= 1 + AGAIN
         for j in rep.judged:
             v = j.verdict
             assert MIN_PAIRS <= v.pairs <= MAX_PAIRS + SPELL_PAIRS and len(v.reference_ms) == v.pairs and v.limit == budget.aim

@@ -12,9 +12,10 @@ figure and within +-10 % of it for 33 %; the higher of reading and prediction 0.
 +-10 % for 59 %.
 
 Each verdict then calibrates the estimates the ranking uses (the median of judged / estimated over
-the verdicts so far), and the winner is the top of the ranking once the judge has found it within:
-a verdict that finds the machine faster than estimated brings wider, better-rewarded candidates
-into the ranking, and they are judged before a narrower one wins.  A candidate judged over is
+the quiet verdicts so far: one taken in a slow spell is no figure), and the winner is the top of
+the ranking once the judge has found it within: a verdict that finds the machine faster than
+estimated brings wider, better-rewarded candidates into the ranking, and they are judged before a
+narrower one wins.  A candidate judged over is
 projected onto the predictor's region (its shape kept: a little narrower in stage 1, a few more
 layers at the fastest precision in stage 2) to compete with the rest; so is, before any verdict, the
 best-scored candidate of all when it is estimated over and outscores every one estimated within (seen
@@ -25,9 +26,12 @@ A later stage never ends worse: where none is judged within, the model the earli
 found within (``settled``) stays.
 
 "Judged within" means confirmed (:attr:`hwcompress.judge.Verdict.confirmed`): the verdict's 95 %
-interval lies under the aim.  A median under the aim with an interval across it counts as over: the
-stage must keep a model the final verdict at the limit will find within, and on a device whose
-profiles are bimodal per load (tools/results/readings.md) a median of a few pairs is not that.
+interval lies under the aim.  A verdict the judge could not decide within its pairs says neither:
+one taken in a slow spell, or whose median is under the aim with an interval across it, is taken
+again once (:data:`AGAIN`; not one of the tries), and then the last counts, a median within with its
+interval across the aim as over: the stage must keep a model the final verdict at the limit will find
+within, and on a device whose profiles are bimodal per load (tools/results/readings.md) a median of a
+few pairs is not that.
 
 Rewards closer than their own noise do not rank: among the candidates estimated within whose reward
 is within ``tie`` of the best (the search passes one standard error of an accuracy on its validation
@@ -48,6 +52,7 @@ from hwcompress.search.state import Judged
 
 PICK_TRIES = 3  # a stage's best-ranked candidates judged
 PROJECTIONS = 2  # projections of candidates judged over, at most, per stage
+AGAIN = 1  # judgements more (not tries) of a candidate judged undecided in a slow spell or within
 
 Estimate = Callable[[Candidate], float]
 
@@ -109,8 +114,11 @@ def pick(
 
     1. The candidates are ranked (:func:`ranked` at ``aim_ms``, rewards within ``tie`` of the best tied)
        on their calibrated figure: the judge's for a judged one, else :func:`estimate_ms` times k, the
-       median of judged / estimated over the verdicts so far (1 at first); those judged over leave the
-       ranking.  The top one wins once the judge has found it within; until then it is judged (up to
+       median of judged / estimated over the quiet verdicts so far (1 at first); those judged over leave the
+       ranking.  A candidate whose verdicts, at most :data:`AGAIN`, were all undecided in a slow spell
+       (ranked as one not judged) or undecided within (ranked on the verdict) stays and is judged again
+       when on top, outside the tries and not projected; after that its last verdict counts.  The top
+       one wins once the judge has found it within; until then it is judged (up to
        :data:`PICK_TRIES` judgements).  So a first verdict that finds the machine faster than estimated
        brings wider, better-rewarded candidates into the ranking, and they are judged before the
        narrower one wins: the capacity the budget pays for is not given away on a slow estimate.
@@ -174,16 +182,24 @@ def pick(
         digest = c.policy.digest()
         return next((j.verdict for _, j in reversed(judged) if j.policy == digest), None)
 
+    def pending(c: Candidate) -> bool:
+        """Judged at most AGAIN times, each verdict undecided in a slow spell or within: to be judged again."""
+        vs = [j.verdict for _, j in judged if j.policy == c.policy.digest()]
+        return 0 < len(vs) <= AGAIN and all(not v.decided and (v.within or not v.quiet) for v in vs)
+
     def order() -> list[Candidate]:
         """The ranking now: judged over left out; each candidate on its calibrated figure (the judge's for a
-        judged one, else its estimate times k, the verdicts' correction)."""
-        k = statistics.median(j.verdict.ratio * scale_ms / est(x) for x, j in judged) if judged else 1.0
+        judged one, else its estimate times k, the quiet verdicts' correction); a candidate judged only in
+        a slow spell as one not judged; one to be judged again stays."""
+        quiet = [(x, j) for x, j in judged if j.verdict.quiet]
+        k = statistics.median(j.verdict.ratio * scale_ms / est(x) for x, j in quiet) if quiet else 1.0
 
         def calibrated(c: Candidate) -> float:
             v = verdict_of(c)
-            return v.ratio * scale_ms if v is not None else est(c) * k
+            return v.ratio * scale_ms if v is not None and v.quiet else est(c) * k
 
-        return ranked([c for c in pool if (v := verdict_of(c)) is None or v.confirmed], aim_ms, tie, calibrated)
+        return ranked([c for c in pool if (v := verdict_of(c)) is None or v.confirmed or pending(c)], aim_ms, tie,
+                      calibrated)
 
     ok = [c for c in pool if est(c) < math.inf]
     if ok:  # the best-scored candidate estimated over, outscoring all estimated within: its projection competes
@@ -195,15 +211,17 @@ def pick(
     while (top := next(iter(order()), None)) is not None:
         if (v := verdict_of(top)) is not None and v.confirmed:
             return top, verdicts()  # the top of the ranking, confirmed by the judge
-        if tries >= PICK_TRIES and top.policy.digest() not in made:
+        again = pending(top)  # its verdict was undecided (within, or in a slow spell): judged again, not a try
+        if tries >= PICK_TRIES and top.policy.digest() not in made and not again:
             break  # the tries bound the agent's candidates; a projection on top is judged (PROJECTIONS at most)
-        tries += 1
-        if not one(top, "projected" if top.policy.digest() in made else "ranked"):
+        tries += 0 if again else 1
+        if not one(top, "projected" if top.policy.digest() in made else "ranked") and not pending(top):
             projected(top, judged[-1][1].verdict.ratio)
     inside = [c for c in order() if (v := verdict_of(c)) is not None and v.confirmed]
     if inside:
         return inside[0], verdicts()  # tries spent: the best-ranked candidate the judge found within
-    while (p := next((x for x in reversed(pool) if x.policy.digest() in made and verdict_of(x) is None), None)
+    while (p := next((x for x in reversed(pool) if x.policy.digest() in made and (verdict_of(x) is None or pending(x))),
+                     None)
            or (projected(judged[-1][0], judged[-1][1].verdict.ratio) if judged else None)) is not None:
         if one(p, "projected"):  # the projections not judged yet (ranked below others), then new ones
             return p, verdicts()

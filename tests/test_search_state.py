@@ -327,3 +327,18 @@ def test_an_undecided_verdict_is_taken_again_before_it_counts_as_over() -> None:
     script = {"a": [spell, spell], "p": [verdict(0.45)]}
     best, judged = pick(cands[:1], judge, aim_ms=0.5, scale_ms=1.0, project=lambda c, v: cand("p", 0.4, 0.9))
     assert calls == ["a", "a", "p"] and best is not None and best.policy.keep == {"p": 0.5}
+
+
+def test_the_floor_read_over_the_aim_is_fitted_at_the_judges_figure() -> None:
+    # mobilenetv2-small at 0.3x (tools/results/search-budgets.md): the floor read 0.38x on a reading's 3
+    # pairs, the wall then left the agent the floor alone for 40 episodes; judged on 16 pairs it was 0.23x.
+    # The region takes the judge's figure, on the readings' scale (x the baseline's 0.38 ms)
+    from hwcompress.search.stages import floor_figure
+
+    quiet = Verdict(ratio=0.23, ci_low=0.218, ci_high=0.326, limit=0.294, within=True, decided=False,
+                    model_ms=(0.09,) * 16, reference_ms=(0.38,) * 16)
+    assert floor_figure(0.1445, quiet, 0.38) == pytest.approx(0.23 * 0.38)
+    assert floor_figure(0.1445, None, 0.38) == 0.1445  # not judged: read within the aim
+    spell = Verdict(ratio=0.23, ci_low=0.218, ci_high=0.326, limit=0.294, within=True, decided=False,
+                    model_ms=(0.09,) * 16, reference_ms=(0.38,) * 16, quiet=False)  # a slow spell's: no figure
+    assert floor_figure(0.1445, spell, 0.38) == 0.1445

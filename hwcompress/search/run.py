@@ -331,6 +331,12 @@ class Search:
         reference = self.base_file if self.budget.relative else None
         return judge(path, self.target, limit, reference=reference, seed=self.cfg.seed)
 
+    @property
+    def verdict_scale_ms(self) -> float:
+        """A verdict's ratio times this is on the readings' scale (ms): the baseline's ms for a relative
+        budget (the verdict is a ratio to it), 1 for an absolute one (the verdict is in ms)."""
+        return self.base_ms if self.budget.relative else 1.0
+
     def pick(
         self, stage: str, cands: Sequence[Candidate], file_of: Callable[[Candidate], Path],
         project: Callable[[Candidate, float], Candidate | None] | None = None,
@@ -350,7 +356,7 @@ class Search:
 
         t0 = time.monotonic()
         got = pick(cands, lambda c: self.judge(file_of(c), self.budget.aim), self.budget.aim_ms,
-                   self.base_ms if self.budget.relative else 1.0, project=project, settled=settled, on_verdict=judged,
+                   self.verdict_scale_ms, project=project, settled=settled, on_verdict=judged,
                    tie=self.tie(cands), predict=predict)
         self.work_done("prune pick" if stage == "stage 1" else "quant pick", time.monotonic() - t0)
         return got

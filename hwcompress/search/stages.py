@@ -171,13 +171,12 @@ def _check_reach(s: Search, evaluator: PruneEvaluator, region: Region, steps: li
     model = evaluator.build(floor)
     readings, figures = {}, {}
     keep = evaluator.keep_vector(floor)
-    scale = s.base_ms if b.relative else 1.0
     for prec in region.precisions:
         path = evaluator.measured_file(model, s.workdir / f"floor-{prec}-{floor.digest()}", prec)
         readings[prec] = s.reader.read(path)
         ms = readings[prec].latency.median_ms
         v = s.judge(path, b.aim) if ms > b.aim_ms else None  # over the aim: would the wall leave the agent no choice?
-        figures[prec] = floor_figure(ms, v, scale)
+        figures[prec] = floor_figure(ms, v, s.verdict_scale_ms)
         if v is not None:
             s.reporter.message(f"stage 1: the most pruned model in {prec} read {ms:.3f} ms, over the aim "
                                f"({b.aim_ms:.3f} ms); judged {v.describe()}: the region takes {figures[prec]:.3f} ms")

@@ -119,6 +119,7 @@ def test_search_killed_then_resumed_writes_its_artifact(search_inputs: dict[str,
     log = tmp_path / "kill" / "search.jsonl"
     before = kill_when_logged(args, log, 3, _env(tmp_path), tmp_path / "kill.err", timeout_s=600)
     baseline = (tmp_path / "kill" / "baseline.json").read_text()
+    speeds = (tmp_path / "kill" / "precisions-baseline.json").read_text()  # measured before any candidate
     ckpt_state = json.loads((tmp_path / "kill" / "ckpt" / "prune-state.json").read_text())
     done = ckpt_state["progress"]["episodes"]
     assert done >= len(before) - 1  # at most the episode in flight is lost
@@ -137,8 +138,10 @@ def test_search_killed_then_resumed_writes_its_artifact(search_inputs: dict[str,
     from hwcompress.search.pick import PROJECTIONS
 
     assert max(episodes) <= 7 + PROJECTIONS and episodes == sorted(episodes)
-    # the same baseline and budget after resume
+    # the same baseline, budget and precisions' speed after resume: the region the resumed stage 1 refits
+    # from the logged candidates holds every precision they were built in
     assert (tmp_path / "kill" / "baseline.json").read_text() == baseline
+    assert (tmp_path / "kill" / "precisions-baseline.json").read_text() == speeds
 
     # the artifact: files, measurements, the policy the search found
     manifest = json.loads((art / "manifest.json").read_text())
@@ -156,10 +159,13 @@ def test_search_killed_then_resumed_writes_its_artifact(search_inputs: dict[str,
     s1 = json.loads((tmp_path / "kill" / "stage1.json").read_text())
     assert manifest["policy"]["keep"] == s1["policy"]["keep"]
     shown = " ".join(res.stdout.split())  # the summary as printed, lines joined
+    from hwcompress.records import CompressionPolicy
     from hwcompress.search.state import Stage1Report, Stage2Report
 
     r1 = Stage1Report.from_dict(json.loads((tmp_path / "kill" / "stage1.json").read_text()))
     r2 = Stage2Report.from_dict(json.loads((tmp_path / "kill" / "stage2.json").read_text()))
+    assert r1.precision_ratios == json.loads(speeds)
+    assert {CompressionPolicy.from_dict(ln["policy"]).default_precision for ln in prune} <= set(r1.planned)
     for name, best, judged in (("stage 1", r1.best, r1.judged), ("stage 2", r2.best, r2.judged)):
         assert best is not None
         kept = [j for j in judged if j.policy == best.policy.digest()][-1]  # the verdict that kept it

@@ -3,6 +3,8 @@ and how a stage's winner is picked by the judge (scripted verdicts)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -342,3 +344,30 @@ def test_the_floor_read_over_the_aim_is_fitted_at_the_judges_figure() -> None:
     spell = Verdict(ratio=0.23, ci_low=0.218, ci_high=0.326, limit=0.294, within=True, decided=False,
                     model_ms=(0.09,) * 16, reference_ms=(0.38,) * 16, quiet=False)  # a slow spell's: no figure
     assert floor_figure(0.1445, spell, 0.38) == 0.1445
+
+
+def test_a_figure_measured_once_is_read_back_on_resume_not_measured_again(tmp_path: Path) -> None:
+    """The precisions' speed, the baseline and the budget are measured once: a resumed search builds its
+    region on the figures its logged candidates were built on, whatever a new measurement would say."""
+    from hwcompress.search.state import kept
+
+    calls: list[dict[str, float]] = []
+
+    def measure(value: dict[str, float]) -> Any:
+        def fresh() -> dict[str, float]:
+            calls.append(value)
+            return value
+        return fresh
+
+    path = tmp_path / "precisions-baseline.json"
+    first = kept(path, False, measure({"fp32": 1.0, "fp16": 0.9}), dict, dict)
+    assert first == {"fp32": 1.0, "fp16": 0.9} and json.loads(path.read_text()) == first
+    # resumed: the kept figure, although the machine would now measure fp16 slower than fp32
+    again = kept(path, True, measure({"fp32": 1.0, "fp16": 1.2}), dict, dict)
+    assert again == first and len(calls) == 1
+    # a new search in the same folder measures again and keeps the new figure
+    assert kept(path, False, measure({"fp32": 1.0}), dict, dict) == {"fp32": 1.0} and len(calls) == 2
+    assert json.loads(path.read_text()) == {"fp32": 1.0}
+    # resumed before the figure was ever kept: measured then
+    other = tmp_path / "precisions-stage2.json"
+    assert kept(other, True, measure({"fp32": 1.0, "int8": 1.5}), dict, dict)["int8"] == 1.5 and len(calls) == 3

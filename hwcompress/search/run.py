@@ -7,6 +7,7 @@ Everything lives in a run directory:
     RUN_DIR/ckpt/              agent, replay buffer, random state and counters per stage
     RUN_DIR/baseline.onnx      the unpruned model as exported
     RUN_DIR/baseline.json      the baseline's measurement; RUN_DIR/budget.json the budgets resolved on it (fixed)
+    RUN_DIR/precisions-*.json  each precision's speed over fp32, measured once per stage (fixed)
     RUN_DIR/stage1.json        stage 1's report: pruning policy, judged winner (written when stage 1 ends)
     RUN_DIR/finetuned.pt       the fine-tuned pruned model (written when fine-tuning ends)
     RUN_DIR/stage2.json        stage 2's report: precision policy, judged winner
@@ -42,7 +43,7 @@ from hwcompress.search.budget import parse_budget
 from hwcompress.search.config import SearchConfig
 from hwcompress.search.evaluator import EvalContext, SearchLog
 from hwcompress.search.pick import pick, reading_ms, tie_margin
-from hwcompress.search.state import Budget, Judged, Stage1Report, Stage2Report
+from hwcompress.search.state import Budget, Judged, Stage1Report, Stage2Report, kept
 
 if TYPE_CHECKING:
     from torch import nn
@@ -245,17 +246,16 @@ class Search:
         :class:`Reader`)."""
         from hwcompress.profiling.measure import measure
 
-        saved = self.run_dir / "baseline.json"
-        if self.resume and saved.is_file():
-            return Measurement.from_dict(json.loads(saved.read_text()))
-        best = Reader(self.target, None, 1.0, pairs=BASELINE_ROUNDS).read(self.base_file)  # the median round
-        log.info("baseline: %.3f ms, the median of %d fresh profiles (spread of their medians %.1f%%)",
-                 best.latency.median_ms, best.rounds, best.median_cv * 100)
-        if self.per_node:
-            nodes = measure(self.base_file, self.target, cache=self.cache, per_node=True).per_node_us
-            best = dataclasses.replace(best, per_node_us=nodes)
-        atomic_write_text(saved, json.dumps(best.to_dict(), indent=2))
-        return best
+        def fresh() -> Measurement:
+            best = Reader(self.target, None, 1.0, pairs=BASELINE_ROUNDS).read(self.base_file)  # the median round
+            log.info("baseline: %.3f ms, the median of %d fresh profiles (spread of their medians %.1f%%)",
+                     best.latency.median_ms, best.rounds, best.median_cv * 100)
+            if self.per_node:
+                nodes = measure(self.base_file, self.target, cache=self.cache, per_node=True).per_node_us
+                best = dataclasses.replace(best, per_node_us=nodes)
+            return best
+
+        return kept(self.run_dir / "baseline.json", self.resume, fresh, Measurement.to_dict, Measurement.from_dict)
 
     def _time_plan(self) -> TimePlan:
         """The clock of ``--time-budget`` (:mod:`hwcompress.search.clock`), checked before any episode."""
@@ -308,19 +308,17 @@ class Search:
 
     def _budget(self) -> Budget:
         """The budgets, resolved once on the baseline's measurement and kept in ``budget.json``."""
-        saved = self.run_dir / "budget.json"
-        if self.resume and saved.is_file():
-            return Budget.from_dict(json.loads(saved.read_text()))
-        cfg = self.cfg
-        size = memory = None
-        if cfg.size_budget:
-            size = parse_budget(cfg.size_budget, "--size-budget", unit="b").resolve(self.base_file.stat().st_size)
-        if cfg.memory_budget:
-            memory = parse_budget(cfg.memory_budget, "--memory-budget", unit="b").resolve(
-                self.base_measurement.peak_memory_bytes)
-        budget = Budget.resolve(cfg.latency_budget, self.base_ms, cfg.guard, size_bytes=size, memory_bytes=memory)
-        atomic_write_text(saved, json.dumps(budget.to_dict(), indent=2))
-        return budget
+        def fresh() -> Budget:
+            cfg = self.cfg
+            size = memory = None
+            if cfg.size_budget:
+                size = parse_budget(cfg.size_budget, "--size-budget", unit="b").resolve(self.base_file.stat().st_size)
+            if cfg.memory_budget:
+                memory = parse_budget(cfg.memory_budget, "--memory-budget", unit="b").resolve(
+                    self.base_measurement.peak_memory_bytes)
+            return Budget.resolve(cfg.latency_budget, self.base_ms, cfg.guard, size_bytes=size, memory_bytes=memory)
+
+        return kept(self.run_dir / "budget.json", self.resume, fresh, Budget.to_dict, Budget.from_dict)
 
     def agent_cfg(self, warmup: int) -> AgentConfig:
         return AgentConfig(name=self.cfg.agent, warmup_episodes=warmup, seed=self.cfg.seed)
@@ -377,23 +375,17 @@ class Search:
     def _stage1(self) -> Stage1Report:
         from hwcompress.search.stages import run_stage1
 
-        out = self.run_dir / "stage1.json"
-        if out.exists():
-            return Stage1Report.from_dict(json.loads(out.read_text()))
-        report = run_stage1(self)
-        atomic_write_text(out, json.dumps(report.to_dict(), indent=2))
-        return report
+        # a stage that ended before an interruption is read back
+        return kept(self.run_dir / "stage1.json", True, lambda: run_stage1(self), Stage1Report.to_dict,
+                    Stage1Report.from_dict)
 
     def _stage2(self, model: nn.Module, keep: dict[str, float], precision: str,
                 settled: Verdict | None = None) -> Stage2Report:
         from hwcompress.search.stages import run_stage2
 
-        out = self.run_dir / "stage2.json"
-        if out.exists():
-            return Stage2Report.from_dict(json.loads(out.read_text()))
-        report = run_stage2(self, model, keep, precision, settled)
-        atomic_write_text(out, json.dumps(report.to_dict(), indent=2))
-        return report
+        # a stage that ended before an interruption is read back
+        return kept(self.run_dir / "stage2.json", True, lambda: run_stage2(self, model, keep, precision, settled), Stage2Report.to_dict,
+                    Stage2Report.from_dict)
 
     def pruned(self, policy: CompressionPolicy) -> nn.Module:
         """The baseline pruned by ``policy``, in eval mode."""

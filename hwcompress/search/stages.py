@@ -38,7 +38,7 @@ from hwcompress.search.layers import cost_model, layer_times_ms, prune_step_laye
 from hwcompress.search.pooled import stage_env
 from hwcompress.search.region import CostRegion, Region, build_table_region
 from hwcompress.search.stage import StageRunner
-from hwcompress.search.state import Judged, Stage1Report, Stage2Report
+from hwcompress.search.state import Judged, Stage1Report, Stage2Report, kept
 
 if TYPE_CHECKING:
     from torch import nn
@@ -83,25 +83,30 @@ def precision_file(s: Search, model: nn.Module, fp32_onnx: Path, policy: Compres
 def precision_ratios(s: Search, model: nn.Module, fp32_onnx: Path, fp32_file: Path, stem: str) -> dict[str, float]:
     """Each lower precision's latency over fp32 on ``model`` (every weight layer at it): the judge's
     statistic (:func:`~hwcompress.judge.pair_ratio`, the fp32 profiles capped at their quiet band as
-    the judge caps them) on ``PRECISION_PAIRS`` fresh ABBA pairs.  A precision the runtime cannot build or run gets no ratio (logged)."""
+    the judge caps them) on ``PRECISION_PAIRS`` fresh ABBA pairs.  A precision the runtime cannot
+    build or run gets no ratio (logged).  Measured once per search and kept in
+    ``RUN_DIR/precisions-<stem>.json``: what is built on them (stage 1's planned precisions and the
+    region's fits, stage 2's action order) must be the same after a resume as before it."""
     from hwcompress.judge import capped, measure_rounds, pair_ratio, reference_floor, round_target
     from hwcompress.quantize import uniform_policy
 
-    per_round = round_target(s.target)
+    def fresh() -> dict[str, float]:
+        per_round = round_target(s.target)
+        ratios = {"fp32": 1.0}
+        for prec in s.target.precisions:
+            if prec == "fp32":
+                continue
+            try:
+                path = precision_file(s, model, fp32_onnx, uniform_policy(prec), s.run_dir / f"{stem}-{prec}")
+                ms, rs = measure_rounds(path, per_round, PRECISION_PAIRS, reference=fp32_file)
+            except HwcompressError as exc:
+                log.warning("%s at %s could not be built or measured: %s", stem, prec, exc)
+                continue
+            ref = capped([r.latency.median_ms for r in rs], reference_floor(fp32_file, per_round))
+            ratios[prec] = pair_ratio([m.latency.median_ms for m in ms], ref)
+        return ratios
 
-    ratios = {"fp32": 1.0}
-    for prec in s.target.precisions:
-        if prec == "fp32":
-            continue
-        try:
-            path = precision_file(s, model, fp32_onnx, uniform_policy(prec), s.run_dir / f"{stem}-{prec}")
-            ms, rs = measure_rounds(path, per_round, PRECISION_PAIRS, reference=fp32_file)
-        except HwcompressError as exc:
-            log.warning("%s at %s could not be built or measured: %s", stem, prec, exc)
-            continue
-        ref = capped([r.latency.median_ms for r in rs], reference_floor(fp32_file, per_round))
-        ratios[prec] = pair_ratio([m.latency.median_ms for m in ms], ref)
-    return ratios
+    return kept(s.run_dir / f"precisions-{stem}.json", s.resume, fresh, dict, lambda d: {str(k): float(v) for k, v in d.items()})
 
 
 # --------------------------------------------------------------------------- stage 1

@@ -2,16 +2,37 @@
 
 ``RUN_DIR/budget.json`` (:class:`Budget`), ``RUN_DIR/stage1.json`` (:class:`Stage1Report`) and
 ``RUN_DIR/stage2.json`` (:class:`Stage2Report`) are written atomically when each is final; a
-resumed search reads them back and refuses files of another schema.
+resumed search reads them back and refuses files of another schema.  Every figure the search
+measures once and builds on (the baseline, the budget, the precisions' speed) is kept the same way,
+by :func:`kept`.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
+from hwcompress.fsutil import atomic_write_text
 from hwcompress.judge import Verdict
 from hwcompress.records import Candidate, CompressionPolicy, Record
 from hwcompress.search.budget import parse_budget
+
+T = TypeVar("T")
+
+
+def kept(path: Path, reuse: bool, compute: Callable[[], T], dump: Callable[[T], dict[str, Any]],
+         load: Callable[[dict[str, Any]], T]) -> T:
+    """``compute()``, resolved once per search and kept in ``path``: a resumed search (``reuse``) reads it back
+    instead of measuring it again, so what was built on it before the interruption (the region's
+    precisions, the agent's action order, the candidates' scale) still holds after."""
+    if reuse and path.is_file():
+        return load(json.loads(path.read_text()))
+    value = compute()
+    atomic_write_text(path, json.dumps(dump(value), indent=2))
+    return value
 
 
 @dataclass(frozen=True)

@@ -384,8 +384,8 @@ class Search:
         from hwcompress.search.stages import run_stage2
 
         # a stage that ended before an interruption is read back
-        return kept(self.run_dir / "stage2.json", True, lambda: run_stage2(self, model, keep, precision, settled), Stage2Report.to_dict,
-                    Stage2Report.from_dict)
+        return kept(self.run_dir / "stage2.json", True, lambda: run_stage2(self, model, keep, precision, settled),
+                    Stage2Report.to_dict, Stage2Report.from_dict)
 
     def pruned(self, policy: CompressionPolicy) -> nn.Module:
         """The baseline pruned by ``policy``, in eval mode."""

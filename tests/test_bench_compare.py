@@ -461,6 +461,7 @@ def test_saved_rows_resume_and_old_rows_load_as_seed_0(tmp_path: Path, monkeypat
     assert bench.missing == ["vgg-small 0.5x uniform seed 0 (saved in vgg-small-0.5x-uniform.json, but it records no "
                              "fine-tune epochs (an older bench_compare); this run fine-tunes 3)"]
     assert bench.row("vgg-small", "0.5x", bc.KNAPSACK, 1.0, 1) is None and made == []
+    assert len(bench.missing) == 1  # a row never saved is not a saved row refused (results.md: "Missing rows")
     bench.args.saved_only = False
     redone = bench.row("vgg-small", "0.5x", bc.UNIFORM, 1.0, 0)
     assert redone is not None and made == [(bc.UNIFORM, 0)] and redone.accuracy == 0.9

@@ -243,7 +243,7 @@ class Bench:
         self.cache = MeasurementCache()
         self._splits: dict[int, Any] = {}
         self._bases: dict[tuple[str, int], Any] = {}
-        self.missing: list[str] = []  # rows --saved-only found no usable saved result for, with the reason
+        self.missing: list[str] = []  # saved rows --saved-only refused, with the reason (rows never saved: not here)
         self.code = code_revision()  # the code this process loaded, recorded in every row it makes
 
     def splits(self, seed: int) -> Any:
@@ -304,8 +304,7 @@ class Bench:
                 self.missing.append(f"{label} (saved in {path.name}, but {why})")
                 return None
             print(f"[{time.strftime('%H:%M:%S')}] {path.name}: {why}; redoing it", flush=True)
-        if self.args.saved_only:
-            self.missing.append(label)
+        if self.args.saved_only:  # not saved: results.md lists it among the missing rows (missing_rows)
             return None
         print(f"[{time.strftime('%H:%M:%S')}] {label} ...", flush=True)
         if method in (MEASURED, PROXY, HEADLINE):

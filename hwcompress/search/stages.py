@@ -106,7 +106,7 @@ def precision_ratios(s: Search, model: nn.Module, fp32_onnx: Path, fp32_file: Pa
             ratios[prec] = pair_ratio([m.latency.median_ms for m in ms], ref)
         return ratios
 
-    return kept(s.run_dir / f"precisions-{stem}.json", s.resume, fresh, dict, lambda d: {str(k): float(v) for k, v in d.items()})
+    return kept(s.run_dir / f"precisions-{stem}.json", s.resume, fresh, dict, dict)  # JSON keeps str: float as is
 
 
 # --------------------------------------------------------------------------- stage 1

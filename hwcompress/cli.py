@@ -556,7 +556,7 @@ def search(
         "--recovery-steps", help="Distillation steps each stage-1 candidate gets before it is scored (0: none)")] = 100,
     val_limit: Annotated[int, typer.Option("--val-images", help="Validation images per candidate")] = VAL_IMAGES,
     test_limit: Annotated[int | None, typer.Option("--test-images", help="Test images for the final figures (default: all)")] = None,
-    guard: Annotated[float, typer.Option("--guard", help="Candidates must meet the latency budget by this margin (0.02 = 2%)")] = 0.02,
+    guard: Annotated[float, typer.Option("--guard", help="Stage winners must be confirmed this far under the latency budget (0.02 = 2%; default 0: at it)")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Artifact folder")] = Path("out/search"),
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where the search keeps its log and checkpoints")] = None,

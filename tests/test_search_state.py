@@ -371,3 +371,22 @@ def test_a_figure_measured_once_is_read_back_on_resume_not_measured_again(tmp_pa
     # resumed before the figure was ever kept: measured then
     other = tmp_path / "precisions-stage2.json"
     assert kept(other, True, measure({"fp32": 1.0, "int8": 1.5}), dict, dict)["int8"] == 1.5 and len(calls) == 3
+
+
+def test_stage1_plans_only_the_precisions_the_judge_confirms_faster() -> None:
+    """A lower precision is planned only when the judge's interval lies under PLAN_MIN_GAIN x fp32: a median
+    under it with the interval across (the fp16 readings of 0.98-1.30x on one baseline) does not pay."""
+    from hwcompress.search.stages import PLAN_MIN_GAIN, load_precision_verdicts, planned_of, ratios_of
+
+    def verdict(ratio: float, low: float, high: float) -> Verdict:
+        return Verdict(ratio=ratio, ci_low=low, ci_high=high, limit=PLAN_MIN_GAIN, within=ratio <= PLAN_MIN_GAIN,
+                       decided=high <= PLAN_MIN_GAIN or low > PLAN_MIN_GAIN, model_ms=(1.0,) * 8,
+                       reference_ms=(1.0,) * 8)
+
+    vs = {"int8": verdict(0.66, 0.62, 0.70), "fp16": verdict(0.93, 0.88, 1.02), "int4": verdict(2.2, 2.0, 2.4)}
+    assert planned_of(vs) == {"fp32": 1.0, "int8": 0.66}
+    assert ratios_of(vs) == {"fp32": 1.0, "int8": 0.66, "fp16": 0.93, "int4": 2.2}
+    # kept and read back as verdicts; a run folder kept before held bare ratios, which decide as they did then
+    assert load_precision_verdicts({p: v.to_dict() for p, v in vs.items()}) == vs
+    old = load_precision_verdicts({"fp32": 1.0, "fp16": 0.94, "int8": 0.6, "int4": 1.8})
+    assert planned_of(old) == {"fp32": 1.0, "fp16": 0.94, "int8": 0.6} and ratios_of(old)["int4"] == 1.8

@@ -53,7 +53,7 @@ class SearchConfig:
     speed_weight: float = 0.05
     penalty: float = 2.0
     wall: bool = True
-    guard: float = 0.02  # candidates must meet the latency budget with this relative margin
+    guard: float = 0.0  # stage winners must be confirmed this far under the latency budget (0: at it, as baselines are)
     out: str = "out/search"
     force: bool = False
     # A pool of boards of the target (docs/pool.md): each board's connection fields; () = the target's one device

@@ -1,7 +1,7 @@
 """The two stages of a search (:class:`~hwcompress.search.run.Search` runs them in turn).
 
-Stage 1 prunes.  When a measured stage 2 follows, the baseline is first measured at each lower
-precision the target offers, beside its fp32 self; fp32 and each one that pays (at most
+Stage 1 prunes.  When a measured stage 2 follows, the baseline is first judged at each lower
+precision the target offers, beside its fp32 self; fp32 and each one that pays (confirmed at most
 ``PLAN_MIN_GAIN`` of fp32) are *planned*: every stage-1 candidate is built and measured in the
 planned precision the region predicts fastest for it (the model stage 2 starts from), so that what
 the agent is rewarded for is what will run.  The agent acts inside the region of
@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PLAN_MIN_GAIN = 0.95  # a lower precision plans stage 1 when it measures at most this fraction of fp32
-PRECISION_PAIRS = 3  # pairs of fresh profiles (copy, fp32) behind each precision's measured ratio
+PLAN_MIN_GAIN = 0.95  # a lower precision plans stage 1 when the judge confirms it at most this fraction of fp32
+PRECISION_PAIRS = 3  # pairs of fresh profiles (copy, fp32) at least behind each precision's verdict
+PRECISION_MAX_PAIRS = 8  # ... at most (a precision the judge cannot decide within them does not pay)
 #: A projection aims this far under the aim, on the predictor corrected by the judge's ratio: the room a
 #: confirmation needs (its interval's high end within the aim; the confirmed verdicts of the grid's seeds
 #: 1-2 had their high ends 1-8 % over their ratio, tools/results/search-budgets.md).  Corrected by the
@@ -80,41 +81,72 @@ def precision_file(s: Search, model: nn.Module, fp32_onnx: Path, policy: Compres
                                              fp32_onnx=fp32_onnx)
 
 
-def precision_ratios(s: Search, model: nn.Module, fp32_onnx: Path, fp32_file: Path, stem: str) -> dict[str, float]:
-    """Each lower precision's latency over fp32 on ``model`` (every weight layer at it): the judge's
-    statistic (:func:`~hwcompress.judge.pair_ratio`, the fp32 profiles capped at their quiet band as
-    the judge caps them) on ``PRECISION_PAIRS`` fresh ABBA pairs.  A precision the runtime cannot
-    build or run gets no ratio (logged).  Measured once per search and kept in
+def precision_verdicts(s: Search, model: nn.Module, fp32_onnx: Path, fp32_file: Path, stem: str) -> dict[str, Verdict]:
+    """Each lower precision's latency over fp32 on ``model`` (every weight layer at it), decided by the
+    judge (:func:`~hwcompress.judge.judge`) beside the fp32 file at ``PLAN_MIN_GAIN``: within (it pays)
+    when the interval's high end lies under it.  ``PRECISION_PAIRS`` to ``PRECISION_MAX_PAIRS`` ABBA
+    pairs; one the judge cannot decide there does not pay.  The ratio is the judge's statistic (the
+    region's fits and stage 2's action order are built on it).  A precision the runtime cannot build
+    or run gets no verdict (logged).  Measured once per search and kept in
     ``RUN_DIR/precisions-<stem>.json``: what is built on them (stage 1's planned precisions and the
     region's fits, stage 2's action order) must be the same after a resume as before it."""
-    from hwcompress.judge import capped, measure_rounds, pair_ratio, reference_floor, round_target
+    from hwcompress.judge import judge
     from hwcompress.quantize import uniform_policy
 
-    def fresh() -> dict[str, float]:
-        per_round = round_target(s.target)
-        ratios = {"fp32": 1.0}
+    def fresh() -> dict[str, Verdict]:
+        out: dict[str, Verdict] = {}
         for prec in s.target.precisions:
             if prec == "fp32":
                 continue
             try:
                 path = precision_file(s, model, fp32_onnx, uniform_policy(prec), s.run_dir / f"{stem}-{prec}")
-                ms, rs = measure_rounds(path, per_round, PRECISION_PAIRS, reference=fp32_file)
+                out[prec] = judge(path, s.target, PLAN_MIN_GAIN, reference=fp32_file, min_pairs=PRECISION_PAIRS,
+                                  max_pairs=PRECISION_MAX_PAIRS)
             except HwcompressError as exc:
                 log.warning("%s at %s could not be built or measured: %s", stem, prec, exc)
-                continue
-            ref = capped([r.latency.median_ms for r in rs], reference_floor(fp32_file, per_round))
-            ratios[prec] = pair_ratio([m.latency.median_ms for m in ms], ref)
-        return ratios
+        return out
 
-    return kept(s.run_dir / f"precisions-{stem}.json", s.resume, fresh, dict, dict)  # JSON keeps str: float as is
+    return kept(s.run_dir / f"precisions-{stem}.json", s.resume, fresh,
+                lambda vs: {p: v.to_dict() for p, v in vs.items()}, load_precision_verdicts)
+
+
+def load_precision_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """:func:`precision_verdicts`' kept file read back.  A run folder from before the judge decided the
+    plan holds bare ratios (fp32 among them): they decide as they did then (at most ``PLAN_MIN_GAIN``)."""
+    from hwcompress.judge import Verdict
+
+    return {p: Verdict.from_dict(v) if isinstance(v, dict)
+            else Verdict(ratio=float(v), ci_low=float(v), ci_high=float(v), limit=PLAN_MIN_GAIN,
+                         within=float(v) <= PLAN_MIN_GAIN, decided=True)
+            for p, v in data.items() if p != "fp32"}
+
+
+def ratios_of(verdicts: dict[str, Verdict]) -> dict[str, float]:
+    """The precisions' latency over fp32 (fp32 1.0) from their verdicts."""
+    return {"fp32": 1.0, **{p: v.ratio for p, v in verdicts.items()}}
+
+
+def planned_of(verdicts: dict[str, Verdict]) -> dict[str, float]:
+    """The precisions stage 1 plans, with their ratios: fp32 and each the judge confirmed at ``PLAN_MIN_GAIN``."""
+    return {"fp32": 1.0, **{p: v.ratio for p, v in verdicts.items() if v.confirmed}}
+
+
+def describe_precisions(verdicts: dict[str, Verdict], planned: bool) -> str:
+    """One line of the precisions' verdicts, fastest first (``planned``: say which pay)."""
+    parts = []
+    for p, v in sorted(verdicts.items(), key=lambda kv: kv[1].ratio):
+        how = "" if v.decided else ", undecided"
+        pays = (" pays" if v.confirmed else " does not pay") if planned else ""
+        parts.append(f"{p} {v.ratio:.2f}x (95% CI {v.ci_low:.2f}-{v.ci_high:.2f}, {v.pairs} pairs{how}){pays}")
+    return "; ".join(parts) or "none"
 
 
 # --------------------------------------------------------------------------- stage 1
-def stage1_region(s: Search, ratios: dict[str, float]) -> tuple[list[PruneGroup], list[StepLayer], Region, str,
-                                                                dict[str, float]]:
+def stage1_region(s: Search, planned: dict[str, float]) -> tuple[list[PruneGroup], list[StepLayer], Region, str,
+                                                                 dict[str, float]]:
     """Stage 1's groups, the agent's steps and the region (see :mod:`hwcompress.search.region`) over
-    the uniform precisions ``ratios`` plans (fp32 and each lower one measured <= ``PLAN_MIN_GAIN`` x fp32
-    on the baseline)."""
+    the uniform precisions ``planned`` (:func:`planned_of`: fp32 and each lower one the judge confirmed
+    at ``PLAN_MIN_GAIN`` x fp32 on the baseline), with their ratios."""
     from hwcompress.prune import layer_table, prunable_groups
 
     cfg = s.cfg
@@ -129,7 +161,6 @@ def stage1_region(s: Search, ratios: dict[str, float]) -> tuple[list[PruneGroup]
         macs_wall = s.base_macs * s.budget.aim_ms / s.base_ms if cfg.wall else float("inf")
         model = LatencyModel(cost_model(groups, rows, times), s.base_ms)
         return groups, steps, CostRegion(model, channels, limit=macs_wall, macs_only=True, **common), "macs", {}
-    planned = {p: r for p, r in ratios.items() if p == "fp32" or r <= PLAN_MIN_GAIN} or {"fp32": 1.0}
     if not has_table(s.target):  # one precision: the fastest planned (no table to predict the others per candidate)
         prec = min(planned, key=lambda p: planned[p])
         model = LatencyModel(cost_model(groups, rows, times), s.base_ms * planned[prec])
@@ -236,12 +267,13 @@ def seed_actions(keep: np.ndarray, lower_bound: float) -> list[float]:
 def run_stage1(s: Search) -> Stage1Report:
     cfg = s.cfg
     measured = cfg.prune_cost == "measured"
-    ratios: dict[str, float] = {"fp32": 1.0}
+    verdicts: dict[str, Verdict] = {}
     if measured and "quant" in cfg.stages and cfg.quant_cost == "measured":
-        ratios = precision_ratios(s, s.base.model, s.base_onnx, s.base_file, "baseline")
-        shown = ", ".join(f"{p} {r:.2f}x" for p, r in sorted(ratios.items(), key=lambda kv: kv[1]) if p != "fp32")
-        s.reporter.message(f"baseline at lower precision, measured beside fp32: {shown or 'none'}")
-    groups, steps, region, kind, table_info = stage1_region(s, ratios)
+        verdicts = precision_verdicts(s, s.base.model, s.base_onnx, s.base_file, "baseline")
+        s.reporter.message(f"baseline at lower precision, judged beside fp32 at {PLAN_MIN_GAIN}x: "
+                           f"{describe_precisions(verdicts, planned=True)}")
+    ratios = ratios_of(verdicts)
+    groups, steps, region, kind, table_info = stage1_region(s, planned_of(verdicts))
     size = s.budget.size_bytes
     if size is not None and region.precisions == ("fp32",) and "quant" in cfg.stages and "int8" in s.target.precisions:
         size *= 4.0  # stage 2 may store the weights in int8
@@ -401,9 +433,9 @@ def run_stage2(s: Search, model: nn.Module, keep: dict[str, float], precision: s
     speed: dict[str, float] = {}
     predictor: MixPredictor | None = None
     if measured:  # the action axis ordered by measured speed; HAQ's wall on the predicted mix
-        speed = precision_ratios(s, model, fp32, fp32_file, "stage2")
-        shown = ", ".join(f"{k} {v:.2f}x" for k, v in sorted(speed.items(), key=lambda kv: kv[1]))
-        s.reporter.message(f"pruned model per precision, measured beside fp32: {shown}")
+        at_prec = precision_verdicts(s, model, fp32, fp32_file, "stage2")
+        speed = ratios_of(at_prec)
+        s.reporter.message(f"pruned model per precision, judged beside fp32: {describe_precisions(at_prec, planned=False)}")
         predictor = _mix_predictor(s, qlayers, keep, [float(ms_of.get(q.module, 0.0)) for q in qlayers], speed)
     env, stepped = stage_env(s, lambda: QuantEnv(steps, evaluator, precisions=s.target.precisions, base_keep=keep,
                                                  speed=speed or None, predict=predictor,

@@ -82,7 +82,7 @@ class Judged(Record):
 @dataclass(frozen=True)
 class Stage1Report(Record):
     """Stage 1's outcome.  ``planned``: the uniform precisions candidates could be built in (fp32 and,
-    when a measured stage 2 follows, each lower one measured at most 0.95x fp32 on the baseline); each
+    when a measured stage 2 follows, each lower one the judge confirmed at most 0.95x fp32 on the baseline); each
     candidate was built in the one the region predicted fastest for it; ``precision``: the winner's
     (stage 2 starts from it).  ``region``: table | cost | macs (see :mod:`hwcompress.search.region`)."""
 

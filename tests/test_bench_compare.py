@@ -364,6 +364,8 @@ def _results() -> dict[tuple[str, int], Any]:
         rows = [_seeded(bc.MEASURED, 0.915 + 0.002 * seed, seed, 0.45),
                 _seeded(bc.UNIFORM, 0.910, seed, 0.49 if seed else 0.52),  # seed 0: judged over
                 _seeded(bc.INT8, 0.919, seed, 0.55, budget="any")]
+        if seed == 1:  # the search put a layer in int8 on one seed
+            rows[0].precisions = {"fp32": 1, "int8": 1}
         if seed < 2:
             rows.insert(2, _seeded(bc.KNAPSACK, 0.912 + 0.004 * seed, seed, 0.48))
         out["vgg-small", seed] = (base, rows)
@@ -409,6 +411,8 @@ def test_results_md_shows_mean_and_std_over_seeds_and_lists_missing_rows(tmp_pat
     assert cells[3] == "3" and cells[4] == "91.00 ± 0.00" and cells[MET] == "**2/3**"
     meas = next(line for line in md.splitlines() if line.startswith("| 0.5x | hwcompress |"))
     assert "91.70 ± 0.20" in meas and meas.split("|")[MET].strip() == "3/3"
+    # precisions: each seed's where the seeds differ, one figure where they agree
+    assert "| fp32:2 / fp32:1 int8:1 / fp32:2 |" in meas and "| fp32:2 |" in table
     # the goal line compares with the best other method within at every seed (knapsack, 2 of 2), paired by seed
     goal = next(line for line in md.splitlines() if line.startswith("| vgg-small | 0.5x |"))
     assert "knapsack (HALP-style)" in goal and "+0.20 ± 0.14" in goal  # seeds 0 and 1: +0.3 and +0.1 pt

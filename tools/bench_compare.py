@@ -945,12 +945,20 @@ def _acc_base(base: Baseline) -> str:
     return _pm(base.accuracy * 100, std * 100 if std is not None else None)
 
 
+def _precisions(r: Row) -> str:
+    """A row's layers per precision; a row over seeds whose seeds differ: each seed's, in seed order, " / "."""
+    per_seed = r.extra.get("precisions") or [r.precisions]
+    shown = [" ".join(f"{k}:{v}" for k, v in sorted(p.items())) for p in per_seed]
+    return shown[0] if len(set(shown)) == 1 else " / ".join(shown)
+
+
 def table(base: Baseline, rows: list[Row]) -> str:
     """One model's rows.  Where rows were judged side by side (``--rounds``), "lat ms" is the judged ratio
     (fastest profile over the baseline's fastest) x the baseline's latency, and "met" the judge's verdict
     ("(undecided)": its interval still held the budget after ``--rounds`` pairs; the ratio decided).
     Rows combined over seeds (:func:`combine`): "acc %" is the mean ± sample std, "Δ pt" the mean of each
-    seed's difference to its own baseline, latencies and sizes are means, "met" counts the seeds judged within."""
+    seed's difference to its own baseline, latencies and sizes are means, "met" counts the seeds judged within,
+    "precisions" is each seed's where they differ."""
     head = (
         "| budget | method | seeds | acc % | Δ pt | lat ms (median) | p90 ms | speed-up | budget ms | met | peak MiB | "
         "file KiB | compression | MMACs | precisions | search s | fine-tune s |"
@@ -968,7 +976,7 @@ def table(base: Baseline, rows: list[Row]) -> str:
             met = _met(r)
         else:  # a budget-free row (all-int8): which budgets it meets
             met = ", ".join(b for b, ms in budgets if r.meets(b, ms)) or "none"
-        prec = " ".join(f"{k}:{v}" for k, v in sorted(r.precisions.items()))
+        prec = _precisions(r)
         delta = r.extra.get("delta_pt", (r.accuracy - base.accuracy) * 100)
         lines.append(
             f"| {r.budget} | {r.method} | {len(r.extra.get('seeds', [r.seed]))} | {_acc(r)} | {delta:+.2f} | "
@@ -1058,7 +1066,8 @@ def _std(values: list[float]) -> float | None:
 def combine(rows: list[Row], bases: dict[int, Baseline]) -> Row:
     """One model, budget and method over its seeds as one row (for the report): figures are means over the
     seeds; ``extra`` gets ``seeds``, ``accuracy`` (per seed), ``accuracy_std`` (sample std, None for one
-    seed) and ``delta_pt`` (the mean of each seed's accuracy minus its own baseline's, pt); ``met_seeds``
+    seed), ``precisions`` (each seed's layer count per precision) and ``delta_pt`` (the mean of each seed's
+    accuracy minus its own baseline's, pt); ``met_seeds``
     holds each seed's verdict; a budget-free row is within a budget where every seed's verdict was."""
     rows = sorted(rows, key=lambda r: r.seed)
     first = rows[0]
@@ -1068,7 +1077,7 @@ def combine(rows: list[Row], bases: dict[int, Baseline]) -> Row:
 
     extra = dict(first.extra)
     extra.update(seeds=[r.seed for r in rows], accuracy=[r.accuracy for r in rows],
-                 accuracy_std=_std([r.accuracy for r in rows]))
+                 accuracy_std=_std([r.accuracy for r in rows]), precisions=[dict(r.precisions) for r in rows])
     deltas = [(r.accuracy - bases[r.seed].accuracy) * 100 for r in rows if r.seed in bases]
     if deltas:
         extra["delta_pt"] = mean(deltas)

@@ -128,17 +128,13 @@ def ratios_of(verdicts: dict[str, Verdict]) -> dict[str, float]:
 
 def planned_of(verdicts: dict[str, Verdict]) -> dict[str, float]:
     """The precisions stage 1 plans, with their ratios: fp32 and each the judge confirmed at ``PLAN_MIN_GAIN``."""
-    return {"fp32": 1.0, **{p: v.ratio for p, v in verdicts.items() if v.confirmed}}
+    return {p: r for p, r in ratios_of(verdicts).items() if p == "fp32" or verdicts[p].confirmed}
 
 
 def describe_precisions(verdicts: dict[str, Verdict], planned: bool) -> str:
-    """One line of the precisions' verdicts, fastest first (``planned``: say which pay)."""
-    parts = []
-    for p, v in sorted(verdicts.items(), key=lambda kv: kv[1].ratio):
-        how = "" if v.decided else ", undecided"
-        pays = (" pays" if v.confirmed else " does not pay") if planned else ""
-        parts.append(f"{p} {v.ratio:.2f}x (95% CI {v.ci_low:.2f}-{v.ci_high:.2f}, {v.pairs} pairs{how}){pays}")
-    return "; ".join(parts) or "none"
+    """One line of the precisions' verdicts (:meth:`Verdict.describe`), fastest first (``planned``: say which pay)."""
+    return "; ".join(f"{p} {v.describe()}" + ((" (pays)" if v.confirmed else " (does not pay)") if planned else "")
+                     for p, v in sorted(verdicts.items(), key=lambda kv: kv[1].ratio)) or "none"
 
 
 # --------------------------------------------------------------------------- stage 1
